@@ -1,0 +1,1 @@
+"""The `modelops` command line (installed as modelops.cli). Thin: parse, call one library function, print."""

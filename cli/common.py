@@ -1,0 +1,136 @@
+"""Shared option aliases and the one place that turns exceptions into a one-line error and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the result.")]
+Threads = Annotated[
+    int, typer.Option("--threads", min=1, help="torch CPU threads (1 is fastest on small shared machines).")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder (atomically).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; write nothing.")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; written atomically).")]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="Output dtype: float32, bfloat16 or float16 (default: as the input).")
+]
+ShardSize = Annotated[str, typer.Option("--shard-size", help="Largest shard file, e.g. 5GB, 500MB.")]
+AllowPickle = Annotated[
+    bool, typer.Option("--allow-pickle", help="Accept .bin pickle weights (loaded with weights_only=True).")
+]
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="YAML recipe; flags given here override it.")]
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def setup(quiet: bool, threads: int | None = None) -> None:
+    """Logging to stderr (warnings always, info unless quiet) and the torch thread count."""
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def handle_errors(fn: F) -> F:
+    """ModelopsError -> 'Error: <line>' on stderr, exit 1. Tracebacks only with MODELOPS_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from modelops.errors import ModelopsError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ModelopsError as exc:
+            if os.environ.get("MODELOPS_DEBUG"):
+                raise
+            err(f"Error: {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err("Interrupted; nothing was written to the output folder.")
+            raise typer.Exit(130) from None
+        except (OSError, MemoryError) as exc:
+            if os.environ.get("MODELOPS_DEBUG"):
+                raise
+            err(f"Error: {exc}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+class ByteProgress:
+    """A rich progress bar over bytes written (stderr), or nothing when quiet."""
+
+    def __init__(self, total: int, description: str, quiet: bool) -> None:
+        self.total, self.description, self.quiet = total, description, quiet
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ByteProgress:
+        if not self.quiet:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.total)
+        return self
+
+    def __call__(self, name: str, nbytes: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=nbytes)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def print_merge_result(result: Any) -> None:
+    """One summary line on stdout."""
+    survival = f", ExPO update kept {result.survival:.1%}" if result.survival is not None else ""
+    typer.echo(
+        f"Wrote {result.tensors} tensors ({human_bytes(result.bytes_written)}) in "
+        f"{sum(f.endswith('.safetensors') for f in result.files)} shard(s) to {result.out} "
+        f"in {result.seconds:.1f} s, peak RSS {human_bytes(result.peak_rss)}{survival}"
+    )

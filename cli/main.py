@@ -1,0 +1,41 @@
+"""`modelops` entry point. Importing this must stay cheap: no torch/transformers at module level anywhere in cli/."""
+
+from __future__ import annotations
+
+import typer
+from modelops.cli import apply_lora, card, demo, extract_lora, extrapolate, fuse_decode, merge, push, zoo
+
+from modelops import __version__
+
+app = typer.Typer(
+    name="modelops",
+    help="LLM model surgery and weak-to-strong transfer: ExPO, merges, LoRA extraction, fused decoding.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+
+for module in (extrapolate, merge, extract_lora, apply_lora, fuse_decode, push, card, zoo, demo):
+    module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """modelops: one toolkit for weight-space surgery and decode-time fusion."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

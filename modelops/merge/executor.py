@@ -1,0 +1,214 @@
+"""Walk a `MergePlan` tensor by tensor, shard by shard: read a few tensors, compute in float32, cast, append.
+
+Peak memory is the handful of tensors of one step plus the runtime, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelops.checkpoint import AtomicOutput, CheckpointWriter, copy_support_files
+from modelops.errors import NumericsError
+from modelops.merge.plan import MergePlan, TensorPlan
+from modelops.merge.recipe import resolve_value
+from modelops.merge.registry import TensorJob
+from modelops.provenance import input_record, peak_rss_bytes, write_recipe_file
+
+logger = logging.getLogger(__name__)
+
+LOW_PRECISION = {"bfloat16", "float16"}
+SURVIVAL_WARN_BELOW = 0.90
+
+
+@dataclass
+class UpdateSurvival:
+    """How much of the intended update (output − reference) is still there after casting to the output dtype.
+
+    ⟨realised, intended⟩ / ‖intended‖² over an evenly strided sample of every tensor (≤ 2^16 entries per block):
+    1.0 means nothing was lost; an update below half an ULP of the stored weight rounds away and counts 0.
+    """
+
+    dot: float = 0.0
+    norm2: float = 0.0
+    sample: int = 1 << 16
+
+    def add(self, value: torch.Tensor, stored: torch.Tensor, ref: torch.Tensor) -> None:
+        step = max(1, value.numel() // self.sample)
+        v, s, r = (t.reshape(-1)[::step].double() for t in (value, stored, ref))
+        intended, realised = v - r, s - r
+        self.dot += float(intended @ realised)
+        self.norm2 += float(intended @ intended)
+
+    @property
+    def fraction(self) -> float | None:
+        return self.dot / self.norm2 if self.norm2 > 0 else None
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    tensors: int
+    bytes_written: int
+    seconds: float
+    peak_rss: int
+    files: list[str]
+    survival: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def row_blocks(shape: tuple[int, ...], block_elems: int, split_at: int | None = None) -> list[tuple[int, int] | None]:
+    """Row ranges of at most `block_elems` entries each (never straddling `split_at`); [None] = whole tensor."""
+    if not shape or shape[0] == 0:
+        return [None]
+    row = 1
+    for d in shape[1:]:
+        row *= d
+    per = max(1, block_elems // max(row, 1))
+    cuts = sorted({0, shape[0], *range(0, shape[0], per), *([split_at] if split_at else [])})
+    return list(itertools.pairwise(cuts))
+
+
+def compute_block(
+    plan: MergePlan, tp: TensorPlan, rows: tuple[int, int] | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The float32 merged value of one tensor (or block of rows), and the reference's stored values there."""
+    ref_ck = plan.reference
+    if not tp.merge or (tp.shared_rows is not None and rows is not None and rows[0] >= tp.shared_rows):
+        return ref_ck.get(tp.name, rows), None  # copied as stored (non-float tensors, added-token rows)
+    if rows is None and tp.shared_rows is not None:
+        rows = (0, tp.shared_rows)
+    cache: dict[int, torch.Tensor] = {}
+
+    def load(ck: Any) -> torch.Tensor:
+        if id(ck) not in cache:
+            cache[id(ck)] = ck.get(tp.name, rows).to(device)
+        return cache[id(ck)]
+
+    job = TensorJob(
+        name=tp.name,
+        base=load(plan.base) if plan.base is not None else None,
+        tensors=[load(ck) for ck in plan.models],
+        per_model=_per_model(plan, tp.name),
+        params=_global_params(plan, tp.name),
+        seed=plan.recipe.seed,
+    )
+    return plan.method.fn(job), load(ref_ck)
+
+
+def _per_model(plan: MergePlan, name: str) -> dict[str, list[Any]]:
+    values: dict[str, list[Any]] = {}
+    for p in plan.method.params:
+        if not p.per_model:
+            continue
+        vals = []
+        for entry in plan.recipe.models:
+            raw = entry.parameters.get(p.name, plan.recipe.parameters.get(p.name, p.default))
+            vals.append(resolve_value(raw, name, plan.num_layers))
+        values[p.name] = vals
+    return values
+
+
+def _global_params(plan: MergePlan, name: str) -> dict[str, Any]:
+    return {
+        p.name: resolve_value(plan.recipe.parameters.get(p.name, p.default), name, plan.num_layers)
+        for p in plan.method.params
+        if not p.per_model
+    }
+
+
+def _check_finite(plan: MergePlan, name: str, tensor: torch.Tensor) -> None:
+    """A NaN or inf anywhere makes the sum non-finite; only then look for where it came from."""
+    if tensor.is_floating_point() and not math.isfinite(float(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
+        culprits = [
+            ck.name for ck in plan.inputs if ck.tensors[name].is_float and not bool(torch.isfinite(ck.get(name)).all())
+        ]
+        where = f" (already non-finite in {', '.join(culprits)})" if culprits else " (produced by the merge)"
+        raise NumericsError(f"NaN/inf in output tensor {name!r}{where}; nothing was written")
+
+
+def run_merge(
+    plan: MergePlan,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: Callable[[str, int], None] | None = None,
+    shard_size: int | str = "5GB",
+    provenance: dict[str, Any] | None = None,
+    block_elems: int = 1 << 22,
+) -> MergeResult:
+    """Execute the plan into `out` atomically; returns what was written and what it cost.
+
+    Elementwise methods stream large tensors in blocks of `block_elems` entries (16 MB of float32), so peak
+    memory does not depend on the size of the largest tensor either.
+    """
+    start = time.perf_counter()
+    dev = torch.device(device)
+    survival = UpdateSurvival() if plan.method.name == "expo" else None
+    specs = [tp.out for tp in plan.tensors.values()]
+    out_dtypes = {s.dtype: getattr(torch, s.dtype) for s in specs}
+    with AtomicOutput(out, overwrite=overwrite) as tmp:
+        writer = CheckpointWriter(tmp, specs, max_shard_size=shard_size)
+        try:
+            for spec in writer.order:
+                tp = plan.tensors[spec.name]
+                chunked = tp.merge and plan.method.elementwise
+                blocks = row_blocks(spec.shape, block_elems, tp.shared_rows) if chunked else [None]
+                for rows in blocks:
+                    value, ref = compute_block(plan, tp, rows, dev)
+                    _check_finite(plan, tp.name, value)
+                    stored = value.to(out_dtypes[spec.dtype])
+                    if survival is not None and ref is not None and spec.dtype in LOW_PRECISION:
+                        survival.add(value, stored, ref)
+                    writer.write(spec.name, stored, part=rows is not None)
+                    del value, ref, stored
+                if progress is not None:
+                    progress(spec.name, spec.nbytes)
+            files = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        dtypes = {s.dtype for s in specs if s.dtype.startswith(("float", "bfloat"))}
+        copy_support_files(plan.reference.folder, tmp, dtype=dtypes.pop() if len(dtypes) == 1 else None)
+        fraction = survival.fraction if survival is not None else None
+        warnings = list(plan.warnings)
+        if fraction is not None and fraction < SURVIVAL_WARN_BELOW:
+            dtype = next(iter({s.dtype for s in specs} & LOW_PRECISION))
+            warnings.append(
+                f"only {fraction:.1%} of the ExPO update survives {dtype} rounding; "
+                "pass --dtype float32 to keep all of it"
+            )
+        metrics = {"update_survival": round(fraction, 4)} if fraction is not None else {}
+        expo = plan.method.name == "expo"
+        record_inputs = [input_record(plan.base, "sft" if expo else "base")] if plan.base is not None else []
+        record_inputs += [input_record(ck, "dpo" if expo else "model") for ck in plan.models]
+        write_recipe_file(tmp, plan.recipe.to_dict(), record_inputs, metrics=metrics, extra=provenance)
+        _write_card(tmp)
+    plan.close()
+    for w in warnings:
+        logger.warning("warning: %s", w)
+    return MergeResult(
+        out=Path(out).expanduser().resolve(),
+        tensors=len(specs),
+        bytes_written=sum(s.nbytes for s in specs),
+        seconds=time.perf_counter() - start,
+        peak_rss=peak_rss_bytes(),
+        files=files,
+        survival=fraction,
+        warnings=warnings,
+    )
+
+
+def _write_card(folder: Path) -> None:
+    from modelops.hub.card import write_model_card
+
+    write_model_card(folder)

@@ -1,0 +1,6 @@
+"""The zoo: a small real model family (tokenizer, bases, SFT experts, DPO, large SFTs) trained on CPU.
+
+Entry points: `modelops.zoo.build.build_zoo(preset, seed, out)` (cached by content hash, resumable) and
+`modelops.zoo.build.load_manifest(folder)`; the gold reward is `modelops.zoo.world:reward`. See docs/zoo.md.
+Importing this package is cheap (no torch).
+"""

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up modelops in ./.venv: torch 2.13.0 (CPU wheel) first, so nothing else pulls a multi-GB CUDA build,
+# then modelops itself (editable) with its test tools. Safe to re-run; fast when already set up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+  .venv/bin/pip install -q "torch==2.13.0"
+fi
+log="$(mktemp)"
+if ! .venv/bin/pip install -q -e ".[test]" >"$log" 2>&1; then
+  grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
+  exit 1
+fi
+rm -f "$log"
+.venv/bin/python -c "import modelops.cli.main, torch; print(f'modelops ready (torch {torch.__version__})')"
