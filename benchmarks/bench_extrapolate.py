@@ -148,14 +148,18 @@ def main() -> None:
     print(f"{'size/model':>10} {'approach':>9} {'wall s':>8} {'peak RSS MB':>12} {'RSS - runtime':>14}")
     for size, r in rows:
         for name in ("modelops", "naive"):
-            print(f"{size:>8.2f}GB {name:>9} {r[name]['seconds']:>8.2f} {r[name]['peak_rss'] / 1e6:>12.0f} {(r[name]['peak_rss'] - runtime) / 1e6:>14.0f}")
+            print(
+                f"{size:>8.2f}GB {name:>9} {r[name]['seconds']:>8.2f} {r[name]['peak_rss'] / 1e6:>12.0f} {(r[name]['peak_rss'] - runtime) / 1e6:>14.0f}"
+            )
         print(
             f"{'':>10} ratio modelops/naive: wall {r['modelops']['seconds'] / r['naive']['seconds']:.2f}x, "
             f"peak RSS {r['modelops']['peak_rss'] / r['naive']['peak_rss']:.2f}x"
         )
     (s0, r0), (s1, r1) = rows
     growth = (r1["modelops"]["peak_rss"] - r0["modelops"]["peak_rss"]) / 1e6
-    print(f"modelops peak RSS growth from {s0} GB to {s1} GB models: {growth:+.0f} MB (naive: {(r1['naive']['peak_rss'] - r0['naive']['peak_rss']) / 1e6:+.0f} MB)")
+    print(
+        f"modelops peak RSS growth from {s0} GB to {s1} GB models: {growth:+.0f} MB (naive: {(r1['naive']['peak_rss'] - r0['naive']['peak_rss']) / 1e6:+.0f} MB)"
+    )
     subprocess.run(["rm", "-rf", str(root)], check=True)
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from modelops.cli.common import Quiet, Threads, handle_errors, setup
 
 
 @handle_errors
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where demo models and outputs go.")] = Path("modelops-demo"),
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where demo models and outputs go.")] = Path(
+        "modelops-demo"
+    ),
     threads: Threads = 1,
     quiet: Quiet = False,
 ) -> None:

@@ -77,7 +77,11 @@ def build_demo_models(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def _max_logit_gap(out: Path, expected: Callable[[dict[str, dict[str, torch.Tensor]]], dict[str, torch.Tensor]], models: dict[str, Path]) -> float:
+def _max_logit_gap(
+    out: Path,
+    expected: Callable[[dict[str, dict[str, torch.Tensor]]], dict[str, torch.Tensor]],
+    models: dict[str, Path],
+) -> float:
     """Largest |logit difference| between the written checkpoint and the formula applied in memory."""
     from transformers import AutoModelForCausalLM
 
@@ -130,10 +134,15 @@ def run_demo(workdir: Path, *, overwrite: bool = True) -> list[DemoRow]:
         out / "task_arithmetic",
         lambda: merge(recipe_from_dict(ta), out / "task_arithmetic", overwrite=overwrite),
         lambda s: {
-            k: s["base"][k] + 0.7 * (s["ft-a"][k] - s["base"][k]) + 0.3 * (s["ft-b"][k] - s["base"][k]) for k in s["base"]
+            k: s["base"][k] + 0.7 * (s["ft-a"][k] - s["base"][k]) + 0.3 * (s["ft-b"][k] - s["base"][k])
+            for k in s["base"]
         },
     )
-    lin = {"merge_method": "linear", "models": [str(models["ft-a"]), str(models["ft-b"])], "parameters": {"weight": 1.0}}
+    lin = {
+        "merge_method": "linear",
+        "models": [str(models["ft-a"]), str(models["ft-b"])],
+        "parameters": {"weight": 1.0},
+    }
     timed(
         "linear (model soup)",
         "modelops merge --recipe recipes/linear.yaml",

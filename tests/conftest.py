@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
@@ -164,7 +164,7 @@ def logits_with_state(path_like: Path, state: dict[str, torch.Tensor], ids: torc
 
     cfg = AutoConfig.from_pretrained(path_like)
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    _missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     assert not unexpected, unexpected
     model.tie_weights()
     with torch.no_grad():

@@ -158,7 +158,7 @@ def test_pickles_refused_unless_allowed(tmp_path: Path) -> None:
 
 def test_folder_without_weights_and_missing_path(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no .safetensors"):
+    with pytest.raises(CheckpointError, match=r"no \.safetensors"):
         Checkpoint.open(tmp_path / "empty")
     with pytest.raises(SourceError, match="no such file"):
         resolve_source(str(tmp_path / "nope"))

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from modelops.cli.main import app
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
-
-from modelops.cli.main import app
 
 runner = CliRunner()
 
@@ -39,7 +38,9 @@ def test_help_is_fast_and_imports_no_torch() -> None:
 
 def test_extrapolate_cli(llama_family, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    res = run("extrapolate", "--sft", llama_family["sft"], "--dpo", llama_family["dpo"], "--alpha", "0.3", "--out", out, "-q")
+    res = run(
+        "extrapolate", "--sft", llama_family["sft"], "--dpo", llama_family["dpo"], "--alpha", "0.3", "--out", out, "-q"
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("Wrote ") and "peak RSS" in res.stdout
     sft, dpo, got = (load_file(p / "model.safetensors") for p in (llama_family["sft"], llama_family["dpo"], out))
@@ -49,7 +50,18 @@ def test_extrapolate_cli(llama_family, tmp_path: Path) -> None:
 
 def test_dry_run_writes_nothing(llama_family, tmp_path: Path) -> None:
     out = tmp_path / "dry"
-    res = run("extrapolate", "--sft", llama_family["sft"], "--dpo", llama_family["dpo"], "--alpha", "0.3", "--out", out, "--dry-run")
+    res = run(
+        "extrapolate",
+        "--sft",
+        llama_family["sft"],
+        "--dpo",
+        llama_family["dpo"],
+        "--alpha",
+        "0.3",
+        "--out",
+        out,
+        "--dry-run",
+    )
     assert res.exit_code == 0, res.output
     assert "lm_head.weight" in res.stdout and "shard" in res.stdout and "[96, 32]" in res.stdout
     assert not out.exists() and not any(p.name.startswith(".dry") for p in tmp_path.iterdir())
@@ -161,8 +173,14 @@ def test_bad_input_gives_one_line_and_writes_nothing(dpo_key, expected, bad_inpu
     ("yaml_text", "expected"),
     [
         ("merge_method: frankenmerge\nmodels: [a]", "unknown merge method 'frankenmerge'; known methods: dare_linear"),
-        ("merge_method: ties\nbase_model: B\nmodels:\n  - model: M\n    parameters: {weight: heavy}", "models[0].parameters.weight: expected a number, got 'heavy'"),
-        ("merge_method: ties\nbase_model: B\nmodels:\n  - model: M\n    parameters: {weight: 1, density: 2}", "models[0].parameters.density: 2.0 is outside [0.0, 1.0]"),
+        (
+            "merge_method: ties\nbase_model: B\nmodels:\n  - model: M\n    parameters: {weight: heavy}",
+            "models[0].parameters.weight: expected a number, got 'heavy'",
+        ),
+        (
+            "merge_method: ties\nbase_model: B\nmodels:\n  - model: M\n    parameters: {weight: 1, density: 2}",
+            "models[0].parameters.density: 2.0 is outside [0.0, 1.0]",
+        ),
         ("merge_method: slerp\nbase_model: B\nmodels: [M]", "parameters.t is required by slerp"),
         ("merge_method: ties\nmodels: [M]\nweights: 3", "unknown key(s) weights"),
         ("merge_method: linear\nmodels: [M]\nparameters:\n  normalize: 3", "parameters.normalize: expected true/false"),
@@ -223,6 +241,19 @@ def test_killed_mid_write_leaves_no_complete_looking_output(llama_family, tmp_pa
     assert not out.exists()
     leftovers = [p for p in tmp_path.iterdir() if ".modelops-tmp-" in p.name]
     assert leftovers  # the partial work is in a hidden temp folder, clearly not a checkpoint
-    res = run("merge", "--method", "task_arithmetic", "--base", llama_family["base"], "--model", llama_family["ft1"], "--weight", "1", "--out", out, "-q")
+    res = run(
+        "merge",
+        "--method",
+        "task_arithmetic",
+        "--base",
+        llama_family["base"],
+        "--model",
+        llama_family["ft1"],
+        "--weight",
+        "1",
+        "--out",
+        out,
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert [p for p in tmp_path.iterdir() if ".modelops-tmp-" in p.name] == []

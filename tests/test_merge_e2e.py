@@ -28,7 +28,9 @@ def test_extrapolate_matches_formula_and_logits(llama_family, load_state, tmp_pa
     assert set(got) == set(dpo)
     for k in want:
         assert torch.allclose(got[k].double(), want[k], atol=1e-6), k
-    assert torch.allclose(logits_of(out, IDS), logits_with_state(out, {k: v.float() for k, v in want.items()}, IDS), atol=1e-4)
+    assert torch.allclose(
+        logits_of(out, IDS), logits_with_state(out, {k: v.float() for k, v in want.items()}, IDS), atol=1e-4
+    )
     assert result.tensors == len(dpo)
     assert (out / "config.json").is_file() and (out / "modelops_recipe.yaml").is_file()
     recipe = yaml.safe_load((out / "modelops_recipe.yaml").read_text())
@@ -100,7 +102,9 @@ def test_slerp_with_mergekit_gradient_and_filters(llama_family, load_state, tmp_
         ],
         "merge_method": "slerp",
         "base_model": str(llama_family["ft1"]),
-        "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 1.0]}, {"filter": "mlp", "value": 0.8}, {"value": 0.5}]},
+        "parameters": {
+            "t": [{"filter": "self_attn", "value": [0.0, 1.0]}, {"filter": "mlp", "value": 0.8}, {"value": 0.5}]
+        },
         "dtype": "float32",
     }
     out = tmp_path / "slerp"
@@ -131,7 +135,16 @@ def test_tied_embeddings_stay_tied(tied_pair, load_state, tmp_path: Path) -> Non
 
 def test_gpt2_merge(gpt2_pair, load_state, tmp_path: Path) -> None:
     out = tmp_path / "gpt2"
-    merge(recipe_from_dict({"merge_method": "linear", "models": [str(gpt2_pair["a"]), str(gpt2_pair["b"])], "parameters": {"weight": 0.5}}), out)
+    merge(
+        recipe_from_dict(
+            {
+                "merge_method": "linear",
+                "models": [str(gpt2_pair["a"]), str(gpt2_pair["b"])],
+                "parameters": {"weight": 0.5},
+            }
+        ),
+        out,
+    )
     a, b, got = load_state(gpt2_pair["a"]), load_state(gpt2_pair["b"]), load_state(out)
     assert set(got) == set(a)
     for k in got:
