@@ -39,7 +39,7 @@ def setup(quiet: bool, threads: int | None = None) -> None:
     """Logging to stderr (warnings always, info unless quiet) and the torch thread count."""
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -64,6 +64,8 @@ def handle_errors(fn: F) -> F:
                 raise
             err(f"Error: {exc}")
             raise typer.Exit(1) from None
+        except BrokenPipeError:  # output piped into `head` etc.: not an error of ours
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             err("Interrupted; nothing was written to the output folder.")
             raise typer.Exit(130) from None

@@ -20,6 +20,7 @@ from modelops.cli.common import (
     print_merge_result,
     setup,
 )
+from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
 
 HELP = """Extrapolate an aligned model away from its SFT start (ExPO, Zheng et al., arXiv 2404.16792).
 
@@ -46,8 +47,16 @@ def extrapolate(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
     threads: Threads = 1,
     quiet: Quiet = False,
+    push_to: PushTo = None,
+    private: Private = False,
+    revision: Revision = None,
+    create_pr: CreatePr = False,
+    commit_message: CommitMessage = None,
+    token: Token = None,
 ) -> None:
     setup(quiet, threads)
+    if create_pr and revision:
+        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
     from modelops.devices import pick_device
     from modelops.merge import build_plan, expo_recipe, load_recipe, normalize_dtype, run_merge
 
@@ -77,6 +86,17 @@ def extrapolate(
             provenance={"operation": "extrapolate"},
         )
     print_merge_result(result)
+    if push_to:
+        push_after_write(
+            result.out,
+            push_to,
+            private=private,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            token=token,
+            quiet=quiet,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -20,6 +20,7 @@ from modelops.cli.common import (
     print_merge_result,
     setup,
 )
+from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
 
 HELP = """Merge models, streamed tensor by tensor (peak memory: a few tensors).
 
@@ -61,8 +62,16 @@ def merge(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
     threads: Threads = 1,
     quiet: Quiet = False,
+    push_to: PushTo = None,
+    private: Private = False,
+    revision: Revision = None,
+    create_pr: CreatePr = False,
+    commit_message: CommitMessage = None,
+    token: Token = None,
 ) -> None:
     setup(quiet, threads)
+    if create_pr and revision:
+        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
     from modelops.devices import pick_device
     from modelops.merge import build_plan, load_recipe, recipe_from_dict, run_merge
 
@@ -104,6 +113,17 @@ def merge(
             provenance={"operation": "merge"},
         )
     print_merge_result(result)
+    if push_to:
+        push_after_write(
+            result.out,
+            push_to,
+            private=private,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            token=token,
+            quiet=quiet,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -209,3 +209,18 @@ def test_usage_errors_exit_2(expo_out) -> None:
     assert r.exit_code == 2
     r = CliRunner().invoke(app, ["push", str(expo_out), "not-a-repo-id"])
     assert r.exit_code == 2
+
+
+def test_extrapolate_push_to_publishes_what_it_wrote(hub, expo_out, tmp_path) -> None:  # noqa: F811
+    out = tmp_path / "pushed"
+    r = hub.modelops(
+        "extrapolate", "--sft", "org/sft", "--dpo", "org/dpo", "--alpha", "0.5", "--out", str(out),
+        "--push-to", "org/expo-direct", "-q",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "org/expo-direct@main" in r.stdout and TOKEN not in r.stdout + r.stderr
+    got, written = files_of(hub.download("org/expo-direct", tmp_path / "dl")), files_of(out)
+    assert {name: got.get(name) for name in written} == written
+    r = hub.modelops("merge", "--method", "linear", "--model", "org/sft", "--model", "org/dpo", "--param", "weight=1",
+                     "--out", str(tmp_path / "m"), "--push-to", "org/m", "--create-pr", "--revision", "dev")  # fmt: skip
+    assert r.returncode == 2
