@@ -18,6 +18,7 @@ from modelops.cli.common import (
     human_bytes,
     setup,
 )
+from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
 
 HELP = """Merge a LoRA adapter into its base model: W + (α/r)·B·A per adapted tensor (rank/alpha patterns,
 rsLoRA, GPT-2 Conv1D, embedding LoRA, lora_bias and modules_to_save honoured), streamed one tensor at a time.
@@ -37,8 +38,16 @@ def apply_lora(
     overwrite: Overwrite = False,
     threads: Threads = 1,
     quiet: Quiet = False,
+    push_to: PushTo = None,
+    private: Private = False,
+    revision: Revision = None,
+    create_pr: CreatePr = False,
+    commit_message: CommitMessage = None,
+    token: Token = None,
 ) -> None:
     setup(quiet, threads)
+    if create_pr and revision:
+        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
     from modelops.devices import pick_device
     from modelops.lora.apply import plan_apply, run_apply
     from modelops.merge import normalize_dtype
@@ -54,6 +63,17 @@ def apply_lora(
         f"{sum(f.endswith('.safetensors') for f in r.files)} shard(s) to {r.out} in {r.seconds:.1f} s, "
         f"peak RSS {human_bytes(r.peak_rss)}"
     )
+    if push_to:
+        push_after_write(
+            r.out,
+            push_to,
+            private=private,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            token=token,
+            quiet=quiet,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from modelops.cli.common import DryRun, OutDir, Overwrite, Quiet, Threads, handle_errors, human_bytes, setup
+from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
 
 HELP = """Extract a LoRA adapter from a full fine-tune: ΔW = W_tuned − W_base per linear layer, truncated SVD
 (randomised with power iterations when the rank is small, exact otherwise), saved as a real PEFT adapter
@@ -42,8 +43,16 @@ def extract_lora(
     overwrite: Overwrite = False,
     threads: Threads = 1,
     quiet: Quiet = False,
+    push_to: PushTo = None,
+    private: Private = False,
+    revision: Revision = None,
+    create_pr: CreatePr = False,
+    commit_message: CommitMessage = None,
+    token: Token = None,
 ) -> None:
     setup(quiet, threads)
+    if create_pr and revision:
+        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
     from modelops.devices import pick_device
     from modelops.lora.extract import ExtractOptions, plan_extraction, run_extraction
     from modelops.merge import normalize_dtype
@@ -85,6 +94,17 @@ def extract_lora(
         f"{s['mean_rel_error']:.4f}, overall {s['overall_rel_error']:.4f}; energy kept {s['energy_kept']:.2%}; "
         f"peak RSS {human_bytes(s['peak_rss_bytes'])}"
     )
+    if push_to:
+        push_after_write(
+            result.out,
+            push_to,
+            private=private,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            token=token,
+            quiet=quiet,
+        )
 
 
 def register(app: typer.Typer) -> None:

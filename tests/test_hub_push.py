@@ -224,3 +224,15 @@ def test_extrapolate_push_to_publishes_what_it_wrote(hub, expo_out, tmp_path) ->
     r = hub.modelops("merge", "--method", "linear", "--model", "org/sft", "--model", "org/dpo", "--param", "weight=1",
                      "--out", str(tmp_path / "m"), "--push-to", "org/m", "--create-pr", "--revision", "dev")  # fmt: skip
     assert r.returncode == 2
+
+
+def test_extract_lora_push_to_publishes_a_peft_adapter(hub, expo_out, tmp_path) -> None:  # noqa: F811
+    out = tmp_path / "adapter"
+    r = hub.modelops(
+        "extract-lora", "--base", "org/sft", "--tuned", "org/dpo", "--rank", "4", "--out", str(out),
+        "--push-to", "org/adapter", "-q",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got, written = files_of(hub.download("org/adapter", tmp_path / "dl")), files_of(out)
+    assert "adapter_config.json" in written and {name: got.get(name) for name in written} == written
+    assert b"library_name: peft" in written["README.md"]
