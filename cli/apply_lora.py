@@ -18,7 +18,16 @@ from modelops.cli.common import (
     human_bytes,
     setup,
 )
-from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
+from modelops.cli.push import (
+    CommitMessage,
+    CreatePr,
+    Private,
+    PushTo,
+    Revision,
+    Token,
+    check_push_options,
+    push_after_write,
+)
 
 HELP = """Merge a LoRA adapter into its base model: W + (α/r)·B·A per adapted tensor (rank/alpha patterns,
 rsLoRA, GPT-2 Conv1D, embedding LoRA, lora_bias and modules_to_save honoured), streamed one tensor at a time.
@@ -46,8 +55,7 @@ def apply_lora(
     token: Token = None,
 ) -> None:
     setup(quiet, threads)
-    if create_pr and revision:
-        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
+    check_push_options(push_to, create_pr=create_pr, revision=revision, repo_hint="--push-to")
     from modelops.devices import pick_device
     from modelops.lora.apply import plan_apply, run_apply
     from modelops.merge import normalize_dtype

@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 from modelops.cli.common import DryRun, OutDir, Overwrite, Quiet, Threads, handle_errors, human_bytes, setup
-from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
+from modelops.cli.push import (
+    CommitMessage,
+    CreatePr,
+    Private,
+    PushTo,
+    Revision,
+    Token,
+    check_push_options,
+    push_after_write,
+)
 
 HELP = """Extract a LoRA adapter from a full fine-tune: ΔW = W_tuned − W_base per linear layer, truncated SVD
 (randomised with power iterations when the rank is small, exact otherwise), saved as a real PEFT adapter
@@ -51,8 +60,7 @@ def extract_lora(
     token: Token = None,
 ) -> None:
     setup(quiet, threads)
-    if create_pr and revision:
-        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
+    check_push_options(push_to, create_pr=create_pr, revision=revision, repo_hint="--push-to")
     from modelops.devices import pick_device
     from modelops.lora.extract import ExtractOptions, plan_extraction, run_extraction
     from modelops.merge import normalize_dtype

@@ -20,7 +20,16 @@ from modelops.cli.common import (
     print_merge_result,
     setup,
 )
-from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
+from modelops.cli.push import (
+    CommitMessage,
+    CreatePr,
+    Private,
+    PushTo,
+    Revision,
+    Token,
+    check_push_options,
+    push_after_write,
+)
 
 HELP = """Extrapolate an aligned model away from its SFT start (ExPO, Zheng et al., arXiv 2404.16792).
 
@@ -55,8 +64,7 @@ def extrapolate(
     token: Token = None,
 ) -> None:
     setup(quiet, threads)
-    if create_pr and revision:
-        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
+    check_push_options(push_to, create_pr=create_pr, revision=revision, repo_hint="--push-to")
     from modelops.devices import pick_device
     from modelops.merge import build_plan, expo_recipe, load_recipe, normalize_dtype, run_merge
 

@@ -20,7 +20,16 @@ from modelops.cli.common import (
     print_merge_result,
     setup,
 )
-from modelops.cli.push import CommitMessage, CreatePr, Private, PushTo, Revision, Token, push_after_write
+from modelops.cli.push import (
+    CommitMessage,
+    CreatePr,
+    Private,
+    PushTo,
+    Revision,
+    Token,
+    check_push_options,
+    push_after_write,
+)
 
 HELP = """Merge models, streamed tensor by tensor (peak memory: a few tensors).
 
@@ -70,8 +79,7 @@ def merge(
     token: Token = None,
 ) -> None:
     setup(quiet, threads)
-    if create_pr and revision:
-        raise typer.BadParameter("--create-pr opens a PR against main; it cannot be combined with --revision")
+    check_push_options(push_to, create_pr=create_pr, revision=revision, repo_hint="--push-to")
     from modelops.devices import pick_device
     from modelops.merge import build_plan, load_recipe, recipe_from_dict, run_merge
 

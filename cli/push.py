@@ -32,6 +32,14 @@ Token = Annotated[
 ]
 
 
+def check_push_options(repo_id: str | None, *, create_pr: bool, revision: str | None, repo_hint: str) -> None:
+    """Usage errors (exit 2) for the push options, raised before any work is done."""
+    if create_pr and revision not in (None, "main"):
+        raise typer.BadParameter("--create-pr always targets main; drop --revision", param_hint="--create-pr")
+    if repo_id is not None and (repo_id.count("/") != 1 or repo_id.startswith(("/", "."))):
+        raise typer.BadParameter(f"{repo_id!r} is not a Hub repo id like org/name", param_hint=repo_hint)
+
+
 def push_after_write(
     folder: Path,
     repo_id: str,
@@ -94,10 +102,7 @@ def push(
     (an older sharding) are deleted in the same commit.
     """
     setup(quiet)
-    if create_pr and revision not in (None, "main"):
-        raise typer.BadParameter("--create-pr always targets main; drop --revision", param_hint="--create-pr")
-    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
-        raise typer.BadParameter(f"{repo_id!r} is not a Hub repo id like org/name", param_hint="REPO_ID")
+    check_push_options(repo_id, create_pr=create_pr, revision=revision, repo_hint="REPO_ID")
     push_after_write(
         folder,
         repo_id,

@@ -257,3 +257,12 @@ def test_killed_mid_write_leaves_no_complete_looking_output(llama_family, tmp_pa
     )
     assert res.exit_code == 0, res.output
     assert [p for p in tmp_path.iterdir() if ".modelops-tmp-" in p.name] == []
+
+
+def test_bad_push_options_are_refused_before_any_work(llama_family, tmp_path: Path) -> None:
+    args = ["extrapolate", "--sft", llama_family["sft"], "--dpo", llama_family["dpo"], "--alpha", "0.3", "-q"]
+    res = run(*args, "--out", tmp_path / "a", "--push-to", "not-a-repo-id")
+    assert res.exit_code == 2 and "org/name" in res.output
+    res = run(*args, "--out", tmp_path / "b", "--push-to", "org/x", "--create-pr", "--revision", "dev")
+    assert res.exit_code == 2 and "--create-pr" in res.output
+    assert list(tmp_path.iterdir()) == []
