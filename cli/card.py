@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from modelops.cli.common import DryRun, Quiet, handle_errors, setup
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from modelops.cli.common import DryRun, OutDir, Overwrite, Quiet, Threads, handle_errors, human_bytes, setup
 from modelops.cli.push import (
     CommitMessage,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from modelops.cli.common import (
     AllowPickle,
     ByteProgress,

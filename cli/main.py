@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
-from modelops.cli import apply_lora, card, demo, extract_lora, extrapolate, fuse_decode, merge, push, zoo
 
 from modelops import __version__
+from modelops.cli import apply_lora, card, demo, extract_lora, extrapolate, fuse_decode, merge, push, zoo
 
 app = typer.Typer(
     name="modelops",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from modelops.cli.common import Quiet, handle_errors, human_bytes, setup
 
 PushTo = Annotated[

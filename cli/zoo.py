@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from modelops.cli.common import Quiet, handle_errors, human_bytes, setup
 
 PresetOpt = Annotated[

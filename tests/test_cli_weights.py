@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from modelops.cli.main import app
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
+
+from modelops.cli.main import app
 
 runner = CliRunner()
 

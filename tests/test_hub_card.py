@@ -10,9 +10,9 @@ import pytest
 import yaml
 from hub_fixtures import one_line, tiny_llama
 from huggingface_hub import ModelCard
-from modelops.cli.main import app
 from typer.testing import CliRunner
 
+from modelops.cli.main import app
 from modelops.hub.card import write_model_card
 
 

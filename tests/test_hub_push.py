@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from hub_fixtures import BAD_TOKEN, READ_TOKEN, TOKEN, files_of, hub, one_line, tiny_llama  # noqa: F401
-from modelops.cli.main import app
 from typer.testing import CliRunner
+
+from modelops.cli.main import app
 
 
 @pytest.fixture(scope="module")

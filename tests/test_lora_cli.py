@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from lora_fixtures import llama, load, logits, save, tune
-from modelops.cli.main import app
 from typer.testing import CliRunner
+
+from modelops.cli.main import app
 
 runner = CliRunner()
 

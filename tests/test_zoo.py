@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from modelops.cli.main import app
 from typer.testing import CliRunner
 
+from modelops.cli.main import app
 from modelops.zoo import world as W
 from modelops.zoo.build import MANIFEST, build_hash, build_zoo, default_out, is_complete, iter_models, list_zoos
 from modelops.zoo.presets import FULL, MINI
