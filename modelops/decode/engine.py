@@ -1,0 +1,203 @@
+"""`CoDecoder`: the public face of the decode half. Holds the members and the rule; runs the loops in batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from modelops.decode import rules
+from modelops.decode.loops import RowOutput, StopChecker, continuation_logprobs, lockstep_generate
+from modelops.decode.models import Member, load_causal_lm
+from modelops.decode.runner import Runner
+from modelops.decode.sampling import SamplingConfig, make_generator
+from modelops.decode.vocab import aligned_components, check_shared_vocabulary, stop_token_ids
+from modelops.errors import ModelopsError
+
+logger = logging.getLogger(__name__)
+
+LOGIT_RULES = ("single", "eft", "proxy", "fixed", "dlf")
+DEFAULT_GRID = [round(0.1 * i, 1) for i in range(21)]
+
+
+@dataclass
+class FusionRule:
+    """Which combination to apply. `weights`: w for eft, α for proxy, one per expert for fixed."""
+
+    name: str = "eft"
+    weights: list[float] = field(default_factory=list)
+    gamma: float = 1.0
+    alpha_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
+    alpha_bounds: list[tuple[float, float]] | None = None
+
+    def coefficients(self, n_experts: int) -> list[float] | None:
+        """Fixed coefficients over [large, base, experts…]; None for the per-step rule (dlf)."""
+        if self.name == "single":
+            return [1.0]
+        if self.name in ("eft", "proxy"):
+            if n_experts != 1:
+                raise ModelopsError(f"--rule {self.name} takes one --expert (got {n_experts}); use --rule fixed or dlf")
+            w = self.weights[0] if self.weights else 1.0
+            return rules.eft_coefficients(weight=w, gamma=self.gamma if self.name == "eft" else 1.0)
+        if self.name == "fixed":
+            weights = self.weights or [1.0 / n_experts] * n_experts
+            if len(weights) != n_experts:
+                raise ModelopsError(f"--rule fixed: {len(weights)} --weight values for {n_experts} experts")
+            return rules.fixed_coefficients(weights)
+        if self.name == "dlf":
+            return None
+        raise ModelopsError(f"unknown rule {self.name!r}; expected one of {', '.join(LOGIT_RULES)}")
+
+
+@dataclass
+class Generation:
+    """One prompt's result, as written to results.jsonl."""
+
+    id: Any
+    text: str
+    num_tokens: int
+    finish_reason: str
+    weights: list[list[float]] | None = None
+    score: float | None = None
+
+
+class CoDecoder:
+    """Several causal LMs sharing a vocabulary, decoded in lock-step under one fusion rule.
+
+    Members are ordered [large, small base, experts…]; with the rule "single" only the large model runs.
+    """
+
+    def __init__(self, members: list[Member], rule: FusionRule) -> None:
+        self.members = members
+        self.rule = rule
+        self.n_experts = max(0, len(members) - 2)
+        if rule.name != "single" and (len(members) < 3):
+            raise ModelopsError(f"--rule {rule.name} needs --large, --small-base and at least one --expert")
+        self._coeffs = rule.coefficients(self.n_experts)
+        if rule.alpha_bounds and len(rule.alpha_bounds) != self.n_experts:
+            raise ModelopsError(f"--alpha-bounds: {len(rule.alpha_bounds)} given for {self.n_experts} experts")
+        self._candidates = (
+            rules.dlf_candidates(rule.alpha_grid, self.n_experts, rule.alpha_bounds) if rule.name == "dlf" else None
+        )
+        tokenizers = {m.spec if m.spec else m.role: m.tokenizer for m in members}
+        self.width = check_shared_vocabulary(tokenizers) if len(members) > 1 else len(members[0].tokenizer)
+        self.tokenizer = members[0].tokenizer
+        self.stop_ids = stop_token_ids([m.tokenizer for m in members], [m.model for m in members])
+        self.device = next(members[0].model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
+
+    @classmethod
+    def load(
+        cls,
+        large: str,
+        small_base: str | None = None,
+        experts: Sequence[str] = (),
+        rule: FusionRule | None = None,
+        *,
+        chat_template_for: str = "none",
+        device: str = "cpu",
+        dtype: str | None = None,
+        device_map: str | None = None,
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+    ) -> CoDecoder:
+        """Load every member from folders or Hub ids; `chat_template_for` is expert, all or none."""
+        if chat_template_for not in ("expert", "all", "none"):
+            raise ModelopsError(f"--chat-template-for {chat_template_for!r}: expected expert, all or none")
+        specs = [("large", large)]
+        if small_base:
+            specs.append(("base", small_base))
+        specs += [("expert", e) for e in experts]
+        members = []
+        for role, spec in specs:
+            model, tok = load_causal_lm(
+                spec,
+                device=device,
+                dtype=dtype,
+                device_map=device_map if role == "large" else None,
+                allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
+            )
+            chat = chat_template_for == "all" or (chat_template_for == "expert" and role == "expert")
+            members.append(Member(role, spec, model, tok, "chat" if chat else "plain"))
+        return cls(members, rule or FusionRule("single" if len(members) == 1 else "eft"))
+
+    # -- the fusion callable the loops use -------------------------------------------------------------------
+
+    def fuse(self, logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Members' logits (B, W_m) → fused (B, V) logits and the chosen weights (B, T) for dlf."""
+        logits = [x.to(self.device) for x in logits]
+        comps = aligned_components(logits, self.width)
+        if self._coeffs is not None:
+            return rules.combine(comps, self._coeffs), None
+        assert self._candidates is not None
+        weights, _ = rules.dlf_weights(comps[0], comps[1], comps[2:], self._candidates)
+        coeffs = torch.cat([torch.ones_like(weights[:, :1]), -weights.sum(-1, keepdim=True), weights], dim=-1)
+        return rules.combine(comps, coeffs), weights
+
+    def runners(self) -> list[Runner]:
+        members = self.members if self.rule.name != "single" else self.members[:1]
+        return [Runner(m.model, m.role) for m in members]
+
+    def _prompt_ids(self, prompts: Sequence[str]) -> list[list[list[int]]]:
+        members = self.members if self.rule.name != "single" else self.members[:1]
+        return [[m.render(p) for p in prompts] for m in members]
+
+    # -- public entry points -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingConfig | None = None,
+        *,
+        ids: Sequence[Any] | None = None,
+        batch_size: int = 8,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """Fused generation for every prompt, `batch_size` prompts at a time."""
+        sampling = sampling or SamplingConfig()
+        sampling.validate()
+        generator = make_generator(sampling.seed, self.device)
+        stopper = StopChecker(self.stop_ids, sampling.stop, self.tokenizer, sampling.max_new_tokens)
+        results: list[Generation] = []
+        for lo in range(0, len(prompts), batch_size):
+            batch = list(prompts[lo : lo + batch_size])
+            outs = lockstep_generate(
+                self.runners(), self.fuse, self._prompt_ids(batch), sampling, stopper, self.pad_id, generator
+            )
+            for k, out in enumerate(outs):
+                results.append(self._to_generation(ids[lo + k] if ids is not None else lo + k, out))
+            if on_batch:
+                on_batch(len(batch))
+        return results
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], *, batch_size: int = 8) -> list[list[float]]:
+        """Teacher-forced fused log-probs of each continuation's tokens (continuations tokenized on their own)."""
+        if len(prompts) != len(continuations):
+            raise ModelopsError(f"score: {len(prompts)} prompts but {len(continuations)} continuations")
+        out: list[list[float]] = []
+        for lo in range(0, len(prompts), batch_size):
+            batch_p = list(prompts[lo : lo + batch_size])
+            conts = [
+                self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations[lo : lo + batch_size]
+            ]
+            out += continuation_logprobs(self.runners(), self.fuse, self._prompt_ids(batch_p), conts, self.pad_id)
+        return out
+
+    def _to_generation(self, row_id: Any, out: RowOutput) -> Generation:
+        ids = out.token_ids[:-1] if out.finish_reason == "eos" else out.token_ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if out.finish_reason == "stop" and out.stop_text:
+            text = text[: text.find(out.stop_text)] if out.stop_text in text else text
+        return Generation(
+            id=row_id,
+            text=text,
+            num_tokens=len(out.token_ids),
+            finish_reason=out.finish_reason,
+            weights=out.weights or None,
+            score=out.score,
+        )

@@ -1,0 +1,152 @@
+"""The lock-step sampler and teacher-forced scoring. They use runners and a fusion callable, nothing else.
+
+`fuse(logits)` maps the members' (B, W_m) logits to ((B, V) fused logits, (B, T) weights or None); the loops
+never know which paper a rule came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from modelops.decode.runner import Runner
+from modelops.decode.sampling import SamplingConfig, choose
+
+Fuse = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class RowOutput:
+    """What one prompt produced: new token ids, why it stopped, and the per-step weights if the rule has them."""
+
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # eos | stop | length
+    stop_text: str | None = None
+    weights: list[list[float]] = field(default_factory=list)
+    score: float | None = None
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, T), padded on the left so every row's last token is at the end."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+class StopChecker:
+    """Per-row stop: any stop id (the union of all models' EOS / end-of-turn ids), a stop string, max tokens."""
+
+    def __init__(self, stop_ids: set[int], stop_strings: list[str], tokenizer: Any, max_new_tokens: int) -> None:
+        self.stop_ids = stop_ids
+        self.stop_strings = [s for s in stop_strings if s]
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        # only the tail can hold a new match: tokens are at least one character long
+        self.tail = max((len(s) for s in self.stop_strings), default=0) + 8
+
+    def check(self, out: RowOutput) -> bool:
+        """Update `out.finish_reason`; True when the row is done."""
+        if out.token_ids and out.token_ids[-1] in self.stop_ids:
+            out.finish_reason = "eos"
+            return True
+        if self.stop_strings:
+            text = self.tokenizer.decode(out.token_ids[-self.tail :], skip_special_tokens=True)
+            for s in self.stop_strings:
+                if s in text:
+                    out.finish_reason, out.stop_text = "stop", s
+                    return True
+        if len(out.token_ids) >= self.max_new_tokens:
+            out.finish_reason = "length"
+            return True
+        return False
+
+
+def lockstep_generate(
+    runners: list[Runner],
+    fuse: Fuse,
+    prompts: list[list[list[int]]],
+    sampling: SamplingConfig,
+    stopper: StopChecker,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+) -> list[RowOutput]:
+    """Decode one batch: every model sees its own prompt, then the same fused tokens; finished rows leave.
+
+    `prompts[m][row]` are model m's prompt ids. Cost per step: one cached forward per model plus one fused
+    combination; rows that stopped are dropped from every cache.
+    """
+    n_rows = len(prompts[0])
+    outputs = [RowOutput() for _ in range(n_rows)]
+    logits = []
+    for runner, rows in zip(runners, prompts, strict=True):
+        ids, mask = left_pad(rows, pad_id)
+        logits.append(runner.prefill(ids, mask))
+    live = torch.arange(n_rows)
+    while True:
+        fused, weights = fuse(logits)
+        tokens = choose(fused, sampling, generator)
+        tokens_cpu = tokens.tolist()
+        weights_cpu = weights.tolist() if weights is not None else None
+        done = []
+        for j, row in enumerate(live.tolist()):
+            out = outputs[row]
+            out.token_ids.append(tokens_cpu[j])
+            if weights_cpu is not None:
+                out.weights.append(weights_cpu[j])
+            done.append(stopper.check(out))
+        if all(done):
+            return outputs
+        if any(done):
+            keep = torch.tensor([not d for d in done])
+            idx = torch.nonzero(keep)[:, 0]
+            for runner in runners:
+                runner.select(idx)
+            live, tokens = live[keep], tokens[idx.to(tokens.device)]
+        logits = [runner.step(tokens) for runner in runners]
+
+
+def continuation_logprobs(
+    runners: list[Runner],
+    fuse: Fuse,
+    prompts: list[list[list[int]]],
+    continuations: list[list[int]],
+    pad_id: int,
+    chunk_rows: int = 256,
+) -> list[list[float]]:
+    """Teacher-forced log p̃(y_t | x, y_<t) of each continuation token: one parallel forward per model."""
+    n_rows = len(continuations)
+    gathered: list[torch.Tensor] = []
+    for runner, rows in zip(runners, prompts, strict=True):
+        seqs = [list(p) + list(c) for p, c in zip(rows, continuations, strict=True)]
+        ids, mask = left_pad(seqs, pad_id)
+        all_logits = runner.prefill(ids, mask, all_logits=True)  # (B, T, W)
+        width = ids.shape[1]
+        picks = []  # position j predicts token j+1: the continuation is the last len(c) tokens of each row
+        for i, c in enumerate(continuations):
+            start = width - len(c) - 1
+            picks.append(all_logits[i, start : width - 1])
+        gathered.append(torch.cat(picks) if picks else all_logits.new_zeros((0, all_logits.shape[-1])))
+        runner.cache = None
+    targets = torch.tensor([t for c in continuations for t in c], dtype=torch.long)
+    scores: list[torch.Tensor] = []
+    for lo in range(0, targets.numel(), chunk_rows):
+        part = [g[lo : lo + chunk_rows] for g in gathered]
+        fused, _ = fuse(part)
+        logp = torch.log_softmax(fused, -1)
+        tgt = targets[lo : lo + chunk_rows].to(logp.device)
+        scores.append(logp.gather(1, tgt[:, None])[:, 0].cpu())
+    flat = torch.cat(scores) if scores else torch.zeros(0)
+    out, pos = [], 0
+    for c in continuations:
+        out.append(flat[pos : pos + len(c)].tolist())
+        pos += len(c)
+    assert len(out) == n_rows
+    return out

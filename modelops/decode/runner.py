@@ -1,0 +1,122 @@
+"""One causal LM with its own KV cache, attention mask and positions.
+
+The only module of the co-decoder that touches transformers' `Cache` API. Rows are left-padded; every row keeps
+its own next position, so rows can be dropped (`select`), duplicated for beams (`select` with repeats), and
+rolled back by a different number of tokens each (`rollback`), which speculative decoding needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Runner:
+    """A model plus its decoding state. Logits come back as float32, one row per live batch row."""
+
+    def __init__(self, model: Any, name: str = "model") -> None:
+        self.model = model
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.width = int(model.get_output_embeddings().weight.shape[0])
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None  # (B, S) 1 = attend, 0 = padding or rolled-back slot
+        self.next_pos: torch.Tensor | None = None  # (B,) position id of the next token per row
+
+    @property
+    def batch_size(self) -> int:
+        return 0 if self.mask is None else int(self.mask.shape[0])
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older signatures
+            return DynamicCache()
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
+        """Run left-padded prompts (B, T); return the last position's logits (B, W), or all (B, T, W)."""
+        input_ids = input_ids.to(self.device)
+        mask = attention_mask.to(self.device, torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = self._new_cache()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=0 if all_logits else 1,
+        )
+        self.cache = out.past_key_values
+        self.mask = mask
+        self.next_pos = mask.sum(-1)
+        logits = out.logits.float()
+        return logits if all_logits else logits[:, -1]
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed (B,) or (B, k) tokens to every live row; return logits (B, W) or (B, k, W)."""
+        assert self.mask is not None and self.next_pos is not None, "prefill first"
+        single = tokens.dim() == 1
+        tokens = tokens.to(self.device).view(self.batch_size, -1)
+        k = tokens.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.batch_size, k)], dim=1)
+        positions = self.next_pos[:, None] + torch.arange(k, device=self.device)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.next_pos = self.next_pos + k
+        logits = out.logits.float()
+        return logits[:, 0] if single else logits
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep, reorder or repeat rows (beam search, finished rows leaving the batch)."""
+        assert self.mask is not None and self.next_pos is not None
+        rows = rows.to(self.device)
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+        self.next_pos = self.next_pos[rows]
+
+    def rollback(self, n: torch.Tensor | int) -> None:
+        """Forget the last n[row] fed tokens of each row (n may differ per row).
+
+        Slots every row forgets are cropped from the cache; the rest are masked out and the row's position
+        moves back, so the next token reuses the forgotten position ids exactly as if they were never fed.
+        """
+        assert self.mask is not None and self.next_pos is not None
+        if isinstance(n, int):
+            n = torch.full((self.batch_size,), n, dtype=torch.long)
+        n = n.to(self.device, torch.long)
+        if int(n.max()) == 0:
+            return
+        common = int(n.min())
+        if common:
+            self.cache.crop(-common)
+            self.mask = self.mask[:, :-common]
+        rest = n - common
+        if int(rest.max()):
+            width = self.mask.shape[1]
+            cols = torch.arange(width, device=self.device)
+            self.mask = self.mask.masked_fill(cols[None, :] >= (width - rest)[:, None], 0)
+        self.next_pos = self.next_pos - n
+        self._trim_masked_tail()
+
+    def _trim_masked_tail(self) -> None:
+        """Crop trailing slots no row attends to (keeps the cache from growing across speculation rounds)."""
+        assert self.mask is not None
+        attended = self.mask.any(dim=0)
+        idx = torch.nonzero(attended)
+        last = int(idx.max()) + 1 if idx.numel() else 0
+        extra = self.mask.shape[1] - last
+        if extra > 0 and last > 0:
+            self.cache.crop(-extra)
+            self.mask = self.mask[:, :last]
