@@ -169,3 +169,6 @@ def logits_with_state(path_like: Path, state: dict[str, torch.Tensor], ids: torc
     model.tie_weights()
     with torch.no_grad():
         return model.float()(ids).logits
+
+
+from decode_fixtures import decode_family  # noqa: E402, F401  (session fixture shared by the decode tests)

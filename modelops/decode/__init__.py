@@ -1,1 +1,7 @@
-"""modelops.decode"""
+"""The co-decoder: several causal LMs in lock-step, one KV cache each, one fusion rule (METHODS.md §2)."""
+
+from modelops.decode.engine import CoDecoder, FusionRule, Generation
+from modelops.decode.processor import FusedLogitsProcessor
+from modelops.decode.sampling import SamplingConfig
+
+__all__ = ["CoDecoder", "FusedLogitsProcessor", "FusionRule", "Generation", "SamplingConfig"]

@@ -62,6 +62,7 @@ class Generation:
     finish_reason: str
     weights: list[list[float]] | None = None
     score: float | None = None
+    token_ids: list[int] = field(default_factory=list)  # every new token, the stop token included
 
 
 class CoDecoder:
@@ -70,7 +71,7 @@ class CoDecoder:
     Members are ordered [large, small base, experts…]; with the rule "single" only the large model runs.
     """
 
-    def __init__(self, members: list[Member], rule: FusionRule) -> None:
+    def __init__(self, members: list[Member], rule: FusionRule, *, check_vocabulary: bool = True) -> None:
         self.members = members
         self.rule = rule
         self.n_experts = max(0, len(members) - 2)
@@ -83,7 +84,12 @@ class CoDecoder:
             rules.dlf_candidates(rule.alpha_grid, self.n_experts, rule.alpha_bounds) if rule.name == "dlf" else None
         )
         tokenizers = {m.spec if m.spec else m.role: m.tokenizer for m in members}
-        self.width = check_shared_vocabulary(tokenizers) if len(members) > 1 else len(members[0].tokenizer)
+        # search rules (cbs/bon) work on text and may skip the check; the logit rules never do
+        self.shared_vocabulary = len(members) == 1 or check_vocabulary
+        if len(members) > 1 and check_vocabulary:
+            self.width = check_shared_vocabulary(tokenizers)
+        else:
+            self.width = len(members[0].tokenizer)
         self.tokenizer = members[0].tokenizer
         self.stop_ids = stop_token_ids([m.tokenizer for m in members], [m.model for m in members])
         self.device = next(members[0].model.parameters()).device
@@ -104,6 +110,7 @@ class CoDecoder:
         device_map: str | None = None,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
+        check_vocabulary: bool = True,
     ) -> CoDecoder:
         """Load every member from folders or Hub ids; `chat_template_for` is expert, all or none."""
         if chat_template_for not in ("expert", "all", "none"):
@@ -124,12 +131,17 @@ class CoDecoder:
             )
             chat = chat_template_for == "all" or (chat_template_for == "expert" and role == "expert")
             members.append(Member(role, spec, model, tok, "chat" if chat else "plain"))
-        return cls(members, rule or FusionRule("single" if len(members) == 1 else "eft"))
+        rule = rule or FusionRule("single" if len(members) == 1 else "eft")
+        return cls(members, rule, check_vocabulary=check_vocabulary)
 
     # -- the fusion callable the loops use -------------------------------------------------------------------
 
     def fuse(self, logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Members' logits (B, W_m) → fused (B, V) logits and the chosen weights (B, T) for dlf."""
+        if not self.shared_vocabulary:
+            raise ModelopsError(
+                "these models do not share a vocabulary, so their logits cannot be fused; use --rule cbs"
+            )
         logits = [x.to(self.device) for x in logits]
         comps = aligned_components(logits, self.width)
         if self._coeffs is not None:
@@ -200,4 +212,5 @@ class CoDecoder:
             finish_reason=out.finish_reason,
             weights=out.weights or None,
             score=out.score,
+            token_ids=list(out.token_ids),
         )

@@ -1,0 +1,143 @@
+"""One call from a `DecodeSpec` and prompt rows to result rows: what `modelops fuse-decode` and eval use."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelops.decode.engine import CoDecoder, FusionRule, Generation
+from modelops.decode.spec import SEARCH_RULES, DecodeSpec
+from modelops.errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeRun:
+    """Result rows plus what a user wants to know about the run."""
+
+    rows: list[dict[str, Any]]
+    seconds: float
+    new_tokens: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def build_decoder(
+    spec: DecodeSpec,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    device_map: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> CoDecoder:
+    rule = FusionRule(
+        name="eft" if spec.rule in SEARCH_RULES else spec.rule,
+        weights=spec.weights,
+        gamma=spec.gamma,
+        alpha_grid=spec.alpha_grid,
+        alpha_bounds=spec.alpha_bounds,
+    )
+    return CoDecoder.load(
+        spec.large,
+        spec.small_base if spec.rule != "single" else None,
+        spec.experts if spec.rule != "single" else (),
+        rule,
+        chat_template_for=spec.chat_template_for,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        check_vocabulary=spec.rule not in SEARCH_RULES,
+    )
+
+
+def run_decode(
+    decoder: CoDecoder,
+    spec: DecodeSpec,
+    prompt_rows: list[dict[str, Any]],
+    *,
+    batch_size: int = 8,
+    score: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> DecodeRun:
+    """Generate (or score) every prompt row under the spec's rule."""
+    prompts = [r["prompt"] for r in prompt_rows]
+    ids = [r["id"] for r in prompt_rows]
+    start = time.perf_counter()
+    stats: dict[str, Any] = {}
+    if score:
+        conts = [r["continuation"] for r in prompt_rows]
+        logps = decoder.score(prompts, conts, batch_size=batch_size)
+        rows = [
+            {"id": i, "logprob": float(sum(lp)), "num_tokens": len(lp), "token_logprobs": lp}
+            for i, lp in zip(ids, logps, strict=True)
+        ]
+        return DecodeRun(rows, time.perf_counter() - start, 0, stats)
+    if spec.rule in SEARCH_RULES:
+        from modelops.decode.search import run_search
+
+        gens, stats = run_search(decoder, spec, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch)
+    elif spec.speculative:
+        from modelops.decode.speculative import speculative_generate
+
+        gens, spec_stats = speculative_generate(
+            decoder, prompts, spec.sampling, spec.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch
+        )
+        stats = spec_stats if isinstance(spec_stats, dict) else vars(spec_stats)
+    else:
+        gens = decoder.generate(prompts, spec.sampling, ids=ids, batch_size=batch_size, on_batch=on_batch)
+    rows = [generation_row(g, spec) for g in gens]
+    return DecodeRun(rows, time.perf_counter() - start, sum(g.num_tokens for g in gens), stats)
+
+
+def generation_row(gen: Generation, spec: DecodeSpec) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": gen.id,
+        "text": gen.text,
+        "num_tokens": gen.num_tokens,
+        "finish_reason": gen.finish_reason,
+    }
+    if gen.weights is not None and spec.rule == "dlf":
+        row["alpha_trace"] = [alpha_step(w) for w in gen.weights]
+    if gen.score is not None:
+        row["score"] = gen.score
+    return row
+
+
+def alpha_step(weights: list[float]) -> dict[str, Any]:
+    """One DLF step: which expert was active (None when α = 0) and its α."""
+    active = [i for i, w in enumerate(weights) if w != 0.0]
+    if not active:
+        return {"expert": None, "alpha": 0.0}
+    return {"expert": active[0], "alpha": round(weights[active[0]], 6)}
+
+
+def write_jsonl(rows: list[dict[str, Any]], target: Path, *, inputs: list[Path], overwrite: bool) -> None:
+    """Write beside the target and rename: a killed run leaves no half-written results file."""
+    target = Path(target)
+    for src in inputs:
+        if src.exists() and target.exists() and src.resolve() == target.resolve():
+            raise OutputError(f"--out {target} is the prompts file itself; choose another output file")
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} exists; pass --overwrite to replace it (written atomically)")
+    if target.exists() and target.is_dir():
+        raise OutputError(f"--out {target} is a folder; give a file name such as results.jsonl")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
