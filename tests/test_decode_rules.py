@@ -109,10 +109,13 @@ def test_dlf_bounds_restrict_each_expert():
 
 
 def test_dlf_support_restriction_is_exact_on_peaked_rows():
-    zl = logits(0, scale=12.0)  # very peaked: most tokens are far below the best one
-    zb = logits(1, scale=12.0)
-    ze = zb + logits(2, scale=1.0)
+    zl = logits(0, rows=1, scale=40.0)  # very peaked: most tokens are far below the best one
+    zb = logits(1, rows=1, scale=40.0)
+    ze = zb + logits(2, rows=1, scale=1.0)
     cands = rules.dlf_candidates(rules_grid(), 1)
+    d = (lsm(ze) - lsm(zb))[None]
+    kept, _ = rules._restrict_support(lsm(zl), d, torch.tensor([0.0, 2.0]), 30.0)
+    assert kept.shape[-1] < V * 0.7  # the restriction does apply here
     w_cut, obj_cut = rules.dlf_weights(zl, zb, [ze], cands)
     w_all, obj_all = rules.dlf_weights(zl, zb, [ze], cands, support_margin=math.inf)
     assert torch.equal(w_cut, w_all)

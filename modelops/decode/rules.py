@@ -31,22 +31,23 @@ def combine(components: list[torch.Tensor], coefficients: torch.Tensor | list[fl
 
     A zero coefficient skips its component, so −inf entries of an unused model never turn into NaN.
     """
-    coeffs = torch.as_tensor(coefficients, dtype=torch.float32, device=components[0].device)
-    per_row = coeffs.dim() == 2
-    fused: torch.Tensor | None = None
+    if not isinstance(coefficients, torch.Tensor) or coefficients.dim() == 1:
+        fused: torch.Tensor | None = None
+        for x, c in zip(components, [float(c) for c in coefficients], strict=True):
+            if c == 0.0:
+                continue
+            if fused is None:
+                fused = x.clone() if c == 1.0 else x * c
+            else:
+                fused.add_(x, alpha=c)  # in place, no temporary per component
+        return fused if fused is not None else torch.zeros_like(components[0])
+    coeffs = coefficients.to(components[0].device, torch.float32)  # (B, M): one weight vector per row
+    out = torch.zeros_like(components[0])
     for m, x in enumerate(components):
-        c = coeffs[:, m : m + 1] if per_row else coeffs[m]
-        if not per_row and float(c) == 0.0:
-            continue
-        if per_row and not bool(c.ne(0).any()):
-            continue
-        term = x if (not per_row and float(c) == 1.0) else x * c
-        if per_row:  # rows whose coefficient is zero must not see −inf · 0
-            term = torch.where(c == 0, torch.zeros_like(x), term)
-        fused = term.clone() if fused is None else fused.add_(term)
-    if fused is None:
-        return torch.zeros_like(components[0])
-    return fused
+        c = coeffs[:, m : m + 1]
+        if bool(c.ne(0).any()):  # rows whose coefficient is zero must not see −inf · 0
+            out += torch.where(c == 0, torch.zeros_like(x), x * c)
+    return out
 
 
 def kl_pair(logp: torch.Tensor, logq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,10 +87,10 @@ def dlf_weights(
 
     For candidate α·e_t: P̃ = softmax(z_L + α(z_t − z_S−)), and the objective is
     Σ_t' [KL(P̃‖P) − KL(Q_t'‖Q)]² + [KL(P‖P̃) − KL(Q‖Q_t')]² (METHODS.md §2.3). With d = ℓ_t − ℓ_S− and
-    A(α) = log Σ_v P_v e^{α d_v}: KL(P̃‖P) = α E_P̃[d] − A(α) and KL(P‖P̃) = A(α) − α E_P[d], so one
-    log-sum-exp per candidate gives both KLs, for all candidates in one batched op. Tokens whose term
-    ℓ_L + α d stays `support_margin` nats below the row's best for every α in range cannot move a float32 sum
-    and are left out (exact to float32 rounding). Returns (weights (B, T), objective (B, C)).
+    A(α) = log Σ_v P_v e^{α d_v}: KL(P̃‖P) = α E_P̃[d] − A(α) and KL(P‖P̃) = A(α) − α E_P[d], so the curve
+    A(α), E_P̃[d] over the grid gives every candidate's KLs (`_tilt_curve`). Tokens whose term ℓ_L + α d stays
+    `support_margin` nats below the row's best for every α in range cannot move a float32 sum and are left
+    out. Returns (weights (B, T), objective (B, C)); ties go to the first candidate (smallest α).
     """
     logp = torch.log_softmax(large.float(), -1)  # (B, V)
     logq = torch.log_softmax(base.float(), -1)
@@ -106,34 +107,75 @@ def dlf_weights(
     expert_of = cand.abs().argmax(-1)  # (C,)
     alpha = cand.gather(1, expert_of[:, None])[:, 0]  # (C,)
 
-    d, logp_s = _restrict_support(logp, d, alpha, support_margin)
-    safe_logp = torch.nan_to_num(logp_s, neginf=-1e30)
-    p = logp_s.exp()
-    mean_p = (p[None] * d).sum(-1)  # (T, B): E_P[d_t]
-    # (C, B, V): every candidate's fused log-probs, one op
-    x = safe_logp[None] + alpha[:, None, None] * d[expert_of]
-    a = torch.logsumexp(x, -1)  # (C, B)
-    p_tilde = torch.exp(x - a[..., None])
-    mean_tilde = (p_tilde * d[expert_of]).sum(-1)  # (C, B)
+    d, logp = _restrict_support(logp, d, alpha, support_margin)
+    logp = torch.nan_to_num(logp, neginf=-1e30)
+    mean_p = (logp.exp()[None] * d).sum(-1)  # (T, B): E_P[d_t]
+    a = torch.zeros(len(cand), logp.shape[0], device=logp.device)  # (C, B): A(α)
+    mean_tilde = torch.zeros_like(a)  # (C, B): E_P̃[d]
+    for t in range(d.shape[0]):
+        rows = torch.nonzero(expert_of == t)[:, 0]
+        if rows.numel():
+            a[rows], mean_tilde[rows] = _tilt_curve(logp, d[t], alpha[rows].tolist())
     kl_tilde_p = alpha[:, None] * mean_tilde - a  # KL(P̃‖P)
     kl_p_tilde = a - alpha[:, None] * mean_p[expert_of]  # KL(P‖P̃)
-    objective = ((kl_tilde_p[..., None] - target_fwd[None]) ** 2 + (kl_p_tilde[..., None] - target_bwd[None]) ** 2).sum(
-        -1
-    )  # (C, B)
+    objective = ((kl_tilde_p[..., None] - target_fwd[None]) ** 2).sum(-1)
+    objective += ((kl_p_tilde[..., None] - target_bwd[None]) ** 2).sum(-1)  # (C, B)
     best = objective.argmin(0)  # (B,) first minimum = smallest α on ties
     return cand[best], objective.T
+
+
+def _tilt_curve(
+    logp: torch.Tensor, d: torch.Tensor, alphas: list[float], anchor_every: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A(α) = log Σ P e^{αd} and E_P̃(α)[d] for ascending α, each (len(alphas), B).
+
+    Exact exp only at anchors; between them the weights are multiplied by u = e^{h(d − max d)} ≤ 1, so a grid
+    costs one multiply and two reductions per α instead of a log-softmax. Anchors every few steps keep the
+    decayed weights far from float32 underflow.
+    """
+    order = sorted(range(len(alphas)), key=lambda i: alphas[i])
+    a_out = torch.empty(len(alphas), logp.shape[0], device=logp.device)
+    m_out = torch.empty_like(a_out)
+    dmax = d.amax(-1, keepdim=True)  # (B, 1)
+    scratch = torch.empty_like(d)  # reused: no allocation per α
+    w = shift = anchor = None
+    u_cache: dict[float, torch.Tensor] = {}
+    for k, i in enumerate(order):
+        alpha = alphas[i]
+        if w is None or k % anchor_every == 0:
+            x = torch.add(logp, d, alpha=alpha) if alpha else logp.clone()
+            shift = x.amax(-1, keepdim=True)
+            w = x.sub_(shift).exp_()
+            anchor = alpha
+        else:
+            h = round(alpha - alphas[order[k - 1]], 9)
+            if h not in u_cache:
+                u_cache[h] = torch.exp(h * (d - dmax))
+            w.mul_(u_cache[h])
+        total = w.sum(-1)  # (B,)
+        weighted = torch.mul(w, d, out=scratch).sum(-1)
+        a_out[i] = total.log() + shift[:, 0] + (alpha - anchor) * dmax[:, 0]
+        m_out[i] = weighted / total
+    return a_out, m_out
 
 
 def _restrict_support(
     logp: torch.Tensor, d: torch.Tensor, alpha: torch.Tensor, margin: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop vocabulary columns that no candidate can weigh above e^-margin of the row's largest term."""
+    """Drop vocabulary columns that no candidate can weigh above e^-margin of the row's largest term.
+
+    ℓ + αd is linear in α, so over [lo, hi] a token peaks at an end; every α has some token at least as high as
+    the best of the tokens' lower ends.
+    """
+    if margin == float("inf"):
+        return d, logp
     lo, hi = float(min(alpha.min(), 0.0)), float(max(alpha.max(), 0.0))
-    ends = torch.stack([logp[None] + lo * d, logp[None] + hi * d])  # (2, T, B, V); linear in α
-    upper = ends.amax(0)  # best a token can reach over the α range
-    lower = ends.amin(0).amax(-1, keepdim=True)  # every α has some token at least this high
-    keep = (upper >= lower - margin).any(0).any(0)  # (V,) union over experts and rows
-    if bool(keep.all()):
+    at_lo = logp[None] + lo * d if lo else logp[None].expand_as(d)  # (T, B, V)
+    at_hi = logp[None] + hi * d
+    upper = torch.maximum(at_lo, at_hi)
+    lower = torch.minimum(at_lo, at_hi).amax(-1, keepdim=True)
+    keep = (upper >= lower - margin).flatten(0, 1).any(0)  # (V,) union over experts and rows
+    if int(keep.sum()) > 0.7 * keep.numel():  # gathering would cost more than it saves
         return d, logp
     cols = torch.nonzero(keep)[:, 0]
     return d[..., cols], logp[:, cols]

@@ -23,6 +23,7 @@ class Runner:
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # (B, S) 1 = attend, 0 = padding or rolled-back slot
         self.next_pos: torch.Tensor | None = None  # (B,) position id of the next token per row
+        self.dense = False  # no padding and no holes: the model may skip building a mask
 
     @property
     def batch_size(self) -> int:
@@ -54,6 +55,7 @@ class Runner:
         self.cache = out.past_key_values
         self.mask = mask
         self.next_pos = mask.sum(-1)
+        self.dense = bool(mask.all())
         logits = out.logits.float()
         return logits if all_logits else logits[:, -1]
 
@@ -68,7 +70,7 @@ class Runner:
         positions = self.next_pos[:, None] + torch.arange(k, device=self.device)
         out = self.model(
             input_ids=tokens,
-            attention_mask=self.mask,
+            attention_mask=None if self.dense else self.mask,
             position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
@@ -109,6 +111,7 @@ class Runner:
             self.mask = self.mask.masked_fill(cols[None, :] >= (width - rest)[:, None], 0)
         self.next_pos = self.next_pos - n
         self._trim_masked_tail()
+        self.dense = bool(self.mask.all())
 
     def _trim_masked_tail(self) -> None:
         """Crop trailing slots no row attends to (keeps the cache from growing across speculation rounds)."""

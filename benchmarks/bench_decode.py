@@ -1,0 +1,201 @@
+"""Benchmark: fused decoding vs the sum of each model's own cached decode, and DLF's weight search vs a step.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_decode.py            # ~40M large, ~4M smalls, vocab 32000
+
+From-config Llamas (no download). Greedy, --new-tokens tokens, no early stop, at batch 1 and 16, all in one run:
+- floor: each model's own greedy loop with its KV cache (prefill, then one cached forward + argmax per token);
+- naive: a lock-step loop that log-softmaxes every model every step and combines the three log-probs;
+- modelops: `CoDecoder.generate` with the EFT rule (and DLF), i.e. what `modelops fuse-decode` runs.
+Ratios are fused time ÷ (sum of the floors). DLF: time of `dlf_weights` per step vs one fused EFT step, and a
+per-α loop (the straightforward implementation) for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def llama(hidden: int, layers: int, inter: int, vocab: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 64),
+        max_position_embeddings=1024,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tokenizer_for_vocab(n: int):
+    """A word-level tokenizer with exactly n tokens (no download): specials, then t0, t1, …"""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + [f"t{i}" for i in range(n - len(specials))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def n_params(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+@torch.inference_mode()
+def own_decode(model, ids: torch.Tensor, new_tokens: int) -> float:
+    """The floor: one model's cached greedy loop."""
+    from transformers import DynamicCache
+
+    start = time.perf_counter()
+    cache = DynamicCache()
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(new_tokens - 1):
+        out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def naive_lockstep(models, ids: torch.Tensor, new_tokens: int) -> float:
+    """Three models one after another, log-softmax of each, combine, argmax (what reference code does)."""
+    from transformers import DynamicCache
+
+    start = time.perf_counter()
+    caches = [DynamicCache() for _ in models]
+    outs = [m(input_ids=ids, past_key_values=c, use_cache=True) for m, c in zip(models, caches, strict=True)]
+    for step in range(new_tokens):
+        lp = [torch.log_softmax(o.logits[:, -1].float(), -1) for o in outs]
+        tok = (lp[0] + lp[2] - lp[1]).argmax(-1, keepdim=True)
+        if step == new_tokens - 1:
+            break
+        outs = [
+            m(input_ids=tok, past_key_values=o.past_key_values, use_cache=True)
+            for m, o in zip(models, outs, strict=True)
+        ]
+    return time.perf_counter() - start
+
+
+def fused_decode(decoder, prompts_ids: list[list[int]], new_tokens: int) -> float:
+    from modelops.decode.loops import StopChecker, lockstep_generate
+    from modelops.decode.sampling import SamplingConfig
+
+    cfg = SamplingConfig(max_new_tokens=new_tokens)
+    stopper = StopChecker(set(), [], decoder.tokenizer, new_tokens)  # no early stop: every row runs full length
+    members = decoder.runners()
+    start = time.perf_counter()
+    outs = lockstep_generate(members, decoder.fuse, [prompts_ids] * len(members), cfg, stopper, 0)
+    elapsed = time.perf_counter() - start
+    assert all(len(o.token_ids) == new_tokens for o in outs)
+    return elapsed
+
+
+def dlf_cost(batch: int, vocab: int, reps: int, experts: int = 1) -> tuple[float, float, float]:
+    """(batched dlf_weights s/step, per-α loop s/step, fused eft combine s/step) on random-model-like logits."""
+    from modelops.decode import rules
+
+    g = torch.Generator().manual_seed(0)
+    zl, zb = torch.randn(batch, vocab, generator=g) * 0.5, torch.randn(batch, vocab, generator=g) * 0.5
+    ze = [zb + 0.3 * torch.randn(batch, vocab, generator=g) for _ in range(experts)]
+    cands = rules.dlf_candidates([round(0.1 * i, 1) for i in range(21)], experts)
+    rules.dlf_weights(zl, zb, ze, cands)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        rules.dlf_weights(zl, zb, ze, cands)
+    batched = (time.perf_counter() - t0) / reps
+
+    def per_alpha() -> None:
+        p, q = torch.log_softmax(zl, -1), torch.log_softmax(zb, -1)
+        qt = torch.log_softmax(ze[0], -1)
+        a = (qt.exp() * (qt - q)).sum(-1)
+        b = (q.exp() * (q - qt)).sum(-1)
+        best = []
+        for alpha in [round(0.1 * i, 1) for i in range(21)]:
+            pt = torch.log_softmax(zl + alpha * (ze[0] - zb), -1)
+            k1 = (pt.exp() * (pt - p)).sum(-1)
+            k2 = (p.exp() * (p - pt)).sum(-1)
+            best.append((k1 - a) ** 2 + (k2 - b) ** 2)
+        torch.stack(best).argmin(0)
+
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        per_alpha()
+    loop = (time.perf_counter() - t0) / reps
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        rules.combine([zl, zb, ze[0]], rules.eft_coefficients()).argmax(-1)
+    combine = (time.perf_counter() - t0) / reps
+    return batched, loop, combine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--repeats", type=int, default=3, help="best of N timings per measurement")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    from modelops.decode import CoDecoder, FusionRule
+    from modelops.decode.models import Member
+
+    large = llama(512, 2, 1536, args.vocab, 0)
+    base = llama(64, 2, 256, args.vocab, 1)
+    expert = llama(64, 2, 256, args.vocab, 2)
+    print(f"large {n_params(large):.1f}M params, small base / expert {n_params(base):.1f}M, vocab {args.vocab}")
+    tok = tokenizer_for_vocab(args.vocab)
+    members = [
+        Member("large", "large", large, tok),
+        Member("base", "base", base, tok),
+        Member("expert", "expert", expert, tok),
+    ]
+    eft = CoDecoder(members, FusionRule("eft"))
+    dlf = CoDecoder(members, FusionRule("dlf"))
+
+    def best(fn, *a) -> float:
+        return min(fn(*a) for _ in range(args.repeats))
+
+    print(f"greedy, {args.new_tokens} new tokens, prompt {args.prompt_len} tokens, best of {args.repeats}")
+    header = f"{'batch':>5} {'floor s':>8} {'naive s':>8} {'eft s':>8} {'dlf s':>8} {'naive/floor':>11} {'eft/floor':>9} {'dlf/floor':>9}"
+    print(header)
+    for batch in (int(b) for b in args.batches.split(",")):
+        g = torch.Generator().manual_seed(batch)
+        ids = torch.randint(3, args.vocab, (batch, args.prompt_len), generator=g)
+        floor = sum(best(own_decode, m, ids, args.new_tokens) for m in (large, base, expert))
+        naive = best(naive_lockstep, [large, base, expert], ids, args.new_tokens)
+        rows = ids.tolist()
+        t_eft = best(fused_decode, eft, rows, args.new_tokens)
+        t_dlf = best(fused_decode, dlf, rows, args.new_tokens)
+        print(
+            f"{batch:>5} {floor:>8.2f} {naive:>8.2f} {t_eft:>8.2f} {t_dlf:>8.2f} {naive / floor:>11.3f} "
+            f"{t_eft / floor:>9.3f} {t_dlf / floor:>9.3f}"
+        )
+        step = t_eft / args.new_tokens
+        batched, loop, _ = dlf_cost(batch, args.vocab, reps=20)
+        print(
+            f"      DLF weight search: batched {batched * 1e3:.2f} ms = {batched / step:.1%} of a fused step "
+            f"({step * 1e3:.1f} ms); per-α loop {loop * 1e3:.2f} ms = {loop / step:.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
