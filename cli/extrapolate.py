@@ -17,6 +17,7 @@ from modelops.cli.common import (
     RecipeOpt,
     ShardSize,
     Threads,
+    err,
     handle_errors,
     print_merge_result,
     setup,
@@ -47,7 +48,18 @@ def extrapolate(
     dpo: Annotated[
         str | None, typer.Option("--dpo", help="Aligned (DPO/RLHF) model: folder or org/name[@rev].")
     ] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", help="Extrapolation strength α (≥ −1).")] = None,
+    alpha: Annotated[
+        str | None, typer.Option("--alpha", help="Extrapolation strength α (≥ −1), or 'auto' to pick it with --eval.")
+    ] = None,
+    alpha_grid: Annotated[
+        str | None, typer.Option("--alpha-grid", help="α values tried by --alpha auto (comma list; 0 = DPO itself).")
+    ] = None,
+    eval_task: Annotated[
+        str | None, typer.Option("--eval", help="Task that picks α: a zoo task name or a JSONL file (see `eval`).")
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric for a JSONL --eval task.")] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Score only the first N rows.")] = None,
+    zoo: Annotated[str | None, typer.Option("--zoo", help="Zoo build folder for zoo task names.")] = None,
     recipe: RecipeOpt = None,
     dtype: DtypeOpt = None,
     dry_run: DryRun = False,
@@ -75,15 +87,44 @@ def extrapolate(
     sft = sft or (base_recipe.base_model if base_recipe else None)
     dpo = dpo or (base_recipe.models[0].model if base_recipe else None)
     if alpha is None and base_recipe is not None:
-        alpha = base_recipe.parameters.get("alpha")
+        alpha = str(base_recipe.parameters.get("alpha"))
     if sft is None or dpo is None or alpha is None:
         raise typer.BadParameter("--sft, --dpo and --alpha are required (or a --recipe that gives them)")
+    auto = alpha == "auto"
+    if auto and not eval_task:
+        raise typer.BadParameter(
+            "--alpha auto needs --eval TASK (a zoo task name or a JSONL file)", param_hint="--eval"
+        )
+    if not auto and (alpha_grid or eval_task):
+        raise typer.BadParameter("--alpha-grid and --eval go with --alpha auto", param_hint="--alpha")
+    try:
+        alpha_value = 0.0 if auto else float(alpha)
+    except ValueError:
+        raise typer.BadParameter(f"{alpha!r} is not a number or 'auto'", param_hint="--alpha") from None
     out_dtype = normalize_dtype(dtype, "--dtype") or (base_recipe.dtype if base_recipe else None)
-    the_recipe = expo_recipe(sft, dpo, alpha, dtype=out_dtype)
+    the_recipe = expo_recipe(sft, dpo, alpha_value, dtype=out_dtype)
     plan = build_plan(the_recipe, out=out, overwrite=overwrite, allow_pickle=allow_pickle, shard_size=shard_size)
     if dry_run:
         typer.echo(plan.describe())
         return
+    metrics = None
+    if auto:
+        from modelops.eval.alpha import choose_alpha
+
+        def show(point) -> None:
+            if not quiet:
+                fl = f"  fluency {point.fluency:.3f}" if point.fluency is not None else ""
+                err(f"α = {point.alpha:+g}: {point.mean:.4f} [{point.ci_low:.4f}, {point.ci_high:.4f}]{fl}")
+
+        best, metrics = choose_alpha(
+            sft, dpo, alpha_grid, eval_task, metric=metric, zoo=zoo, limit=eval_limit, device=pick_device(device),
+            allow_pickle=allow_pickle, on_point=show,
+        )  # fmt: skip
+        alpha_value = best.alpha
+        typer.echo(f"--alpha auto: best α = {best.alpha:g} ({metrics['alpha_search']['metric']} {best.mean:.4f})")
+        plan.close()
+        the_recipe = expo_recipe(sft, dpo, alpha_value, dtype=out_dtype)
+        plan = build_plan(the_recipe, out=out, overwrite=overwrite, allow_pickle=allow_pickle, shard_size=shard_size)
     with ByteProgress(plan.total_bytes, "extrapolate", quiet) as bar:
         result = run_merge(
             plan,
@@ -93,6 +134,7 @@ def extrapolate(
             progress=bar,
             shard_size=shard_size,
             provenance={"operation": "extrapolate"},
+            metrics=metrics,
         )
     print_merge_result(result)
     if push_to:

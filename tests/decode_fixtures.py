@@ -102,3 +102,9 @@ def prompts(n: int, seed: int = 0) -> list[str]:
         words = torch.randint(0, VOCAB - len(SPECIALS), (length,), generator=g).tolist()
         out.append(" ".join(f"w{w}" for w in words))
     return out
+
+
+def word_reward(prompt: str, completion: str) -> float:
+    """A toy reward for tests: how often the completion says w5 or w7."""
+    words = completion.split()
+    return float(words.count("w5") + words.count("w7"))

@@ -145,6 +145,7 @@ def run_merge(
     shard_size: int | str = "5GB",
     provenance: dict[str, Any] | None = None,
     block_elems: int = 1 << 22,
+    metrics: dict[str, Any] | None = None,
 ) -> MergeResult:
     """Execute the plan into `out` atomically; returns what was written and what it cost.
 
@@ -187,7 +188,7 @@ def run_merge(
                 f"only {fraction:.1%} of the ExPO update survives {dtype} rounding; "
                 "pass --dtype float32 to keep all of it"
             )
-        metrics = {"update_survival": round(fraction, 4)} if fraction is not None else {}
+        metrics = {**({"update_survival": round(fraction, 4)} if fraction is not None else {}), **(metrics or {})}
         expo = plan.method.name == "expo"
         record_inputs = [input_record(plan.base, "sft" if expo else "base")] if plan.base is not None else []
         record_inputs += [input_record(ck, "dpo" if expo else "model") for ck in plan.models]

@@ -1,0 +1,157 @@
+"""`extrapolate --alpha auto`: evaluate θ_dpo + α·Δ for a grid of α in memory, write only the winner.
+
+Δ = θ_dpo − θ_sft is fixed, so one loaded model is re-weighted in place per α (no checkpoint per α). Memory:
+the model plus two float32 copies of its weights (θ_dpo and Δ). The curve goes into the winner's recipe and
+model card.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from modelops.errors import CheckpointError, ModelopsError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA_GRID = [-0.5, -0.3, -0.1, 0.0, 0.1, 0.3, 0.5, 1.0, 2.5]
+
+
+@dataclass
+class AlphaPoint:
+    alpha: float
+    mean: float
+    ci_low: float
+    ci_high: float
+    fluency: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"alpha": self.alpha, "mean": round(self.mean, 6), "ci": [round(self.ci_low, 6), round(self.ci_high, 6)]}
+        if self.fluency is not None:
+            out["fluency"] = round(self.fluency, 6)
+        return out
+
+
+def parse_alpha_grid(text: str) -> list[float]:
+    try:
+        grid = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ModelopsError(f"--alpha-grid {text!r}: expected a comma list such as -0.5,-0.1,0.1,0.5,1") from None
+    if not grid or min(grid) < -1:
+        raise ModelopsError(f"--alpha-grid {text!r}: needs at least one value, each >= -1")
+    return grid
+
+
+class Reweighter:
+    """A loaded DPO model whose weights can be set to θ_dpo + α·Δ for any α, in place."""
+
+    def __init__(self, model: Any, sft_spec: str, *, allow_pickle: bool = False) -> None:
+        from modelops.checkpoint import Checkpoint
+
+        self.model = model
+        self.params: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+        with Checkpoint.open(sft_spec, allow_pickle=allow_pickle) as sft:
+            for name, param in model.named_parameters():
+                key = name if name in sft else _tied_alias(name, sft)
+                if key is None:
+                    raise CheckpointError(
+                        f"{sft_spec}: no tensor {name!r}, which the DPO model has; are they one family?"
+                    )
+                theta = param.detach().float().clone()
+                ref = sft.get(key).float().to(theta.device)
+                delta = torch.zeros_like(theta)
+                if ref.shape == theta.shape:
+                    delta.copy_(theta - ref)
+                elif ref.dim() == theta.dim() and ref.shape[1:] == theta.shape[1:] and ref.shape[0] < theta.shape[0]:
+                    rows = ref.shape[0]  # added tokens: extrapolate the shared rows, keep the new ones as in DPO
+                    delta[:rows] = theta[:rows] - ref
+                else:
+                    raise CheckpointError(
+                        f"{name}: shape {tuple(ref.shape)} in the SFT model but {tuple(theta.shape)} in the DPO model"
+                    )
+                self.params.append((param, theta, delta))
+
+    @torch.no_grad()
+    def set_alpha(self, alpha: float) -> None:
+        for param, theta, delta in self.params:
+            param.copy_(torch.add(theta, delta, alpha=alpha).to(param.dtype))
+
+
+def _tied_alias(name: str, ckpt: Any) -> str | None:
+    """A tied lm_head is often saved only as the embedding (and vice versa)."""
+    for a, b in (("lm_head.weight", "model.embed_tokens.weight"), ("model.embed_tokens.weight", "lm_head.weight")):
+        if name == a and b in ckpt:
+            return b
+    return None
+
+
+def alpha_sweep(
+    sft: str,
+    dpo: str,
+    grid: list[float],
+    task: Any,
+    *,
+    sampling: Any = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    device: str = "cpu",
+    allow_pickle: bool = False,
+    on_point: Callable[[AlphaPoint], None] | None = None,
+) -> list[AlphaPoint]:
+    """Score θ_dpo + α·Δ on `task` (a TaskSpec) for every α of the grid; α = 0 is the DPO model itself."""
+    from modelops.decode.engine import CoDecoder, FusionRule
+    from modelops.decode.models import Member, load_causal_lm
+    from modelops.eval.harness import SystemSpec, evaluate
+
+    model, tok = load_causal_lm(dpo, device=device, allow_pickle=allow_pickle)
+    weights = Reweighter(model, sft, allow_pickle=allow_pickle)
+    decoder = CoDecoder([Member("large", dpo, model, tok)], FusionRule("single"))
+    points = []
+    for alpha in grid:
+        weights.set_alpha(alpha)
+        name = f"alpha={alpha:g}"
+        report = evaluate({name: SystemSpec(name, decoder=decoder)}, [task], sampling, batch_size, limit, device=device)
+        res = report.results[0]
+        point = AlphaPoint(
+            alpha, res.mean, res.summary.low, res.summary.high, res.fluency.mean if res.fluency else None
+        )
+        points.append(point)
+        if on_point:
+            on_point(point)
+    weights.set_alpha(0.0)
+    return points
+
+
+def best_alpha(points: list[AlphaPoint]) -> AlphaPoint:
+    """Highest mean; ties go to the α closest to 0 (the least change to the DPO model)."""
+    return max(points, key=lambda p: (p.mean, -abs(p.alpha)))
+
+
+def choose_alpha(
+    sft: str,
+    dpo: str,
+    grid_text: str | None,
+    task_name: str,
+    *,
+    metric: str | None = None,
+    zoo: str | None = None,
+    limit: int | None = None,
+    device: str = "cpu",
+    allow_pickle: bool = False,
+    on_point: Callable[[AlphaPoint], None] | None = None,
+) -> tuple[AlphaPoint, dict[str, Any]]:
+    """Sweep the grid on the task and return the winner plus the `alpha_search` metrics for recipe and card."""
+    from modelops.eval.tasks import load_task
+
+    grid = parse_alpha_grid(grid_text) if grid_text else list(DEFAULT_ALPHA_GRID)
+    task = load_task(task_name, metric, zoo=zoo)
+    points = alpha_sweep(sft, dpo, grid, task, limit=limit, device=device, allow_pickle=allow_pickle, on_point=on_point)
+    best = best_alpha(points)
+    n = min(limit, len(task.rows)) if limit else len(task.rows)
+    search = {"task": task.name, "metric": task.metric_label, "n": n, "best_alpha": best.alpha}
+    search["curve"] = [p.to_dict() for p in points]
+    return best, {"alpha_search": search}
