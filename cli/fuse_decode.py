@@ -55,7 +55,9 @@ def register(app: typer.Typer) -> None:
         score: Annotated[
             bool, typer.Option("--score", help="Teacher-forced log-prob of each row's continuation.")
         ] = False,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+        batch_size: Annotated[
+            int, typer.Option("--batch-size", min=1, help="Prompts per batch (cbs/bon: each brings W·K or N rows).")
+        ] = 8,
         device: Annotated[str, typer.Option("--device", help="cpu | cuda | auto.")] = "auto",
         device_map: Annotated[
             str | None, typer.Option("--device-map", help="Spread the large model (accelerate), e.g. auto.")

@@ -3,5 +3,15 @@
 from modelops.decode.engine import CoDecoder, FusionRule, Generation
 from modelops.decode.processor import FusedLogitsProcessor
 from modelops.decode.sampling import SamplingConfig
+from modelops.decode.search import SearchResult, best_of_n, chunk_beam_search
 
-__all__ = ["CoDecoder", "FusedLogitsProcessor", "FusionRule", "Generation", "SamplingConfig"]
+__all__ = [
+    "CoDecoder",
+    "FusedLogitsProcessor",
+    "FusionRule",
+    "Generation",
+    "SamplingConfig",
+    "SearchResult",
+    "best_of_n",
+    "chunk_beam_search",
+]

@@ -39,11 +39,16 @@ def build_decoder(
     trust_remote_code: bool = False,
 ) -> CoDecoder:
     rule = FusionRule(
-        name="eft" if spec.rule in SEARCH_RULES else spec.rule,
+        name=spec.rule,
         weights=spec.weights,
         gamma=spec.gamma,
         alpha_grid=spec.alpha_grid,
         alpha_bounds=spec.alpha_bounds,
+        beam_width=spec.beam_width,
+        successors=spec.successors,
+        chunk_len=spec.chunk_len,
+        n=spec.n,
+        speculative=spec.speculative,
     )
     return CoDecoder.load(
         spec.large,
@@ -82,19 +87,8 @@ def run_decode(
             for i, lp in zip(ids, logps, strict=True)
         ]
         return DecodeRun(rows, time.perf_counter() - start, 0, stats)
-    if spec.rule in SEARCH_RULES:
-        from modelops.decode.search import run_search
-
-        gens, stats = run_search(decoder, spec, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch)
-    elif spec.speculative:
-        from modelops.decode.speculative import speculative_generate
-
-        gens, spec_stats = speculative_generate(
-            decoder, prompts, spec.sampling, spec.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch
-        )
-        stats = spec_stats if isinstance(spec_stats, dict) else vars(spec_stats)
-    else:
-        gens = decoder.generate(prompts, spec.sampling, ids=ids, batch_size=batch_size, on_batch=on_batch)
+    gens = decoder.generate(prompts, spec.sampling, ids=ids, batch_size=batch_size, on_batch=on_batch)
+    stats = dict(decoder.last_stats)
     rows = [generation_row(g, spec) for g in gens]
     return DecodeRun(rows, time.perf_counter() - start, sum(g.num_tokens for g in gens), stats)
 

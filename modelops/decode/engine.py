@@ -20,6 +20,7 @@ from modelops.errors import ModelopsError
 logger = logging.getLogger(__name__)
 
 LOGIT_RULES = ("single", "eft", "proxy", "fixed", "dlf")
+SEARCH_RULES = ("cbs", "bon")
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(21)]
 
 
@@ -32,6 +33,11 @@ class FusionRule:
     gamma: float = 1.0
     alpha_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
     alpha_bounds: list[tuple[float, float]] | None = None
+    beam_width: int = 4  # cbs: W
+    successors: int = 4  # cbs: K
+    chunk_len: int = 5  # cbs: L
+    n: int = 16  # bon: N
+    speculative: int = 0  # eft/proxy: the expert drafts this many tokens per round (0 = off)
 
     def coefficients(self, n_experts: int) -> list[float] | None:
         """Fixed coefficients over [large, base, experts…]; None for the per-step rule (dlf)."""
@@ -47,7 +53,7 @@ class FusionRule:
             if len(weights) != n_experts:
                 raise ModelopsError(f"--rule fixed: {len(weights)} --weight values for {n_experts} experts")
             return rules.fixed_coefficients(weights)
-        if self.name == "dlf":
+        if self.name == "dlf" or self.name in SEARCH_RULES:
             return None
         raise ModelopsError(f"unknown rule {self.name!r}; expected one of {', '.join(LOGIT_RULES)}")
 
@@ -80,6 +86,7 @@ class CoDecoder:
         self._coeffs = rule.coefficients(self.n_experts)
         if rule.alpha_bounds and len(rule.alpha_bounds) != self.n_experts:
             raise ModelopsError(f"--alpha-bounds: {len(rule.alpha_bounds)} given for {self.n_experts} experts")
+        self.last_stats: dict[str, Any] = {}  # what the last generate() measured (acceptance rate, …)
         self._candidates = (
             rules.dlf_candidates(rule.alpha_grid, self.n_experts, rule.alpha_bounds) if rule.name == "dlf" else None
         )
@@ -173,6 +180,21 @@ class CoDecoder:
         """Fused generation for every prompt, `batch_size` prompts at a time."""
         sampling = sampling or SamplingConfig()
         sampling.validate()
+        if self.rule.name in SEARCH_RULES:
+            from modelops.decode.search import run_search
+
+            gens, self.last_stats = run_search(
+                self, _SearchSpec.of(self.rule, sampling), prompts, ids=ids, batch_size=batch_size, on_batch=on_batch
+            )
+            return gens
+        if self.rule.speculative:
+            from modelops.decode.speculative import speculative_generate
+
+            gens, stats = speculative_generate(
+                self, prompts, sampling, self.rule.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch
+            )
+            self.last_stats = stats if isinstance(stats, dict) else dict(vars(stats))
+            return gens
         generator = make_generator(sampling.seed, self.device)
         stopper = StopChecker(self.stop_ids, sampling.stop, self.tokenizer, sampling.max_new_tokens)
         results: list[Generation] = []
@@ -214,3 +236,19 @@ class CoDecoder:
             score=out.score,
             token_ids=list(out.token_ids),
         )
+
+
+@dataclass
+class _SearchSpec:
+    """The fields `run_search` reads (a DecodeSpec has the same ones)."""
+
+    rule: str
+    beam_width: int
+    successors: int
+    chunk_len: int
+    n: int
+    sampling: SamplingConfig
+
+    @classmethod
+    def of(cls, rule: FusionRule, sampling: SamplingConfig) -> _SearchSpec:
+        return cls(rule.name, rule.beam_width, rule.successors, rule.chunk_len, rule.n, sampling)

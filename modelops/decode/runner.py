@@ -88,38 +88,26 @@ class Runner:
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
 
-    def rollback(self, n: torch.Tensor | int) -> None:
-        """Forget the last n[row] fed tokens of each row (n may differ per row).
+    def rollback(self, n: torch.Tensor | list[int] | int) -> None:
+        """Forget the last n[row] attended tokens of each row (n may differ per row; earlier holes don't count).
 
-        Slots every row forgets are cropped from the cache; the rest are masked out and the row's position
-        moves back, so the next token reuses the forgotten position ids exactly as if they were never fed.
+        Forgotten slots are masked out, slots no row attends any more are cropped from the cache, and each
+        row's next position becomes its count of attended tokens, so the next token reuses the forgotten
+        position ids exactly as if they had never been fed.
         """
         assert self.mask is not None and self.next_pos is not None
-        if isinstance(n, int):
-            n = torch.full((self.batch_size,), n, dtype=torch.long)
-        n = n.to(self.device, torch.long)
-        if int(n.max()) == 0:
+        mask = self.mask
+        need = torch.as_tensor(n, dtype=mask.dtype, device=mask.device)
+        need = need.expand(mask.shape[0]) if need.dim() == 0 else need
+        if int(need.max()) == 0:
             return
-        common = int(n.min())
-        if common:
-            self.cache.crop(-common)
-            self.mask = self.mask[:, :-common]
-        rest = n - common
-        if int(rest.max()):
-            width = self.mask.shape[1]
-            cols = torch.arange(width, device=self.device)
-            self.mask = self.mask.masked_fill(cols[None, :] >= (width - rest)[:, None], 0)
-        self.next_pos = self.next_pos - n
-        self._trim_masked_tail()
-        self.dense = bool(self.mask.all())
-
-    def _trim_masked_tail(self) -> None:
-        """Crop trailing slots no row attends to (keeps the cache from growing across speculation rounds)."""
-        assert self.mask is not None
-        attended = self.mask.any(dim=0)
-        idx = torch.nonzero(attended)
-        last = int(idx.max()) + 1 if idx.numel() else 0
-        extra = self.mask.shape[1] - last
-        if extra > 0 and last > 0:
-            self.cache.crop(-extra)
-            self.mask = self.mask[:, :last]
+        from_right = mask.flip(-1).cumsum(-1).flip(-1)  # (B, S) attended slots at or after each column
+        mask = mask.masked_fill((mask == 1) & (from_right <= need[:, None]), 0)
+        attended = torch.nonzero(mask.any(dim=0))
+        last = int(attended.max()) + 1 if attended.numel() else 1
+        if last < mask.shape[1]:
+            self.cache.crop(last - mask.shape[1])
+            mask = mask[:, :last]
+        self.mask = mask
+        self.next_pos = mask.sum(-1)
+        self.dense = bool(mask.all())

@@ -18,6 +18,7 @@ from modelops.errors import RecipeError
 
 RULES = ("single", "eft", "proxy", "fixed", "dlf", "cbs", "bon")
 SEARCH_RULES = ("cbs", "bon")
+SEARCH_SAMPLING = {"temperature": 0.7, "top_k": 50, "top_p": 1.0}
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")
 
 
@@ -120,6 +121,10 @@ def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> DecodeSpec:
     spec.weights = [float(w) for w in spec.weights]
     if not spec.rule:
         spec.rule = "eft" if spec.experts else "single"
+    if spec.rule in SEARCH_RULES:  # the papers' sampling unless asked otherwise: searching greedy rows finds nothing
+        for key, value in SEARCH_SAMPLING.items():
+            if key not in data:
+                setattr(spec.sampling, key, value)
     spec.validate()
     return spec
 
