@@ -6,6 +6,7 @@ import typer
 
 from modelops import __version__
 from modelops.cli import apply_lora, card, demo, extract_lora, extrapolate, fuse_decode, merge, push, zoo
+from modelops.cli import eval as eval_cli
 
 app = typer.Typer(
     name="modelops",
@@ -16,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (extrapolate, merge, extract_lora, apply_lora, fuse_decode, push, card, zoo, demo):
+for module in (extrapolate, merge, extract_lora, apply_lora, fuse_decode, eval_cli, push, card, zoo, demo):
     module.register(app)
 
 

@@ -18,6 +18,7 @@ from modelops.errors import RecipeError
 
 RULES = ("single", "eft", "proxy", "fixed", "dlf", "cbs", "bon")
 SEARCH_RULES = ("cbs", "bon")
+SHARED_WITH_EVAL = ("name", "tasks", "dtype")  # eval recipe keys fuse-decode accepts and ignores
 SEARCH_SAMPLING = {"temperature": 0.7, "top_k": 50, "top_p": 1.0}
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")
 
@@ -104,6 +105,8 @@ def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> DecodeSpec:
     data.update({k: v for k, v in overrides.items() if v is not None and v != [] and v != ()})
     spec = DecodeSpec()
     known = {f.name for f in fields(DecodeSpec)} | set(SAMPLING_KEYS)
+    for key in SHARED_WITH_EVAL:  # one recipe serves `eval` and `fuse-decode`
+        data.pop(key, None)
     for key, value in data.items():
         if key not in known:
             where = f" in {recipe}" if recipe else ""
@@ -119,6 +122,7 @@ def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> DecodeSpec:
         else:
             setattr(spec, key, value)
     spec.weights = [float(w) for w in spec.weights]
+    _resolve_zoo_roles(spec)
     if not spec.rule:
         spec.rule = "eft" if spec.experts else "single"
     if spec.rule in SEARCH_RULES:  # the papers' sampling unless asked otherwise: searching greedy rows finds nothing
@@ -143,10 +147,12 @@ def read_recipe(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_prompts(path: Path, need_continuation: bool = False) -> list[dict[str, Any]]:
-    """JSONL rows with `prompt` (and `continuation` for scoring); `id` defaults to the line number."""
+def read_prompts(
+    path: Path, need_continuation: bool = False, *, missing: str = "prompts file not found"
+) -> list[dict[str, Any]]:
+    """JSONL rows with a string `prompt` (and `continuation` for scoring); `id` defaults to the line number."""
     if not path.is_file():
-        raise RecipeError(f"{path}: prompts file not found")
+        raise RecipeError(f"{path}: {missing}")
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -164,3 +170,15 @@ def read_prompts(path: Path, need_continuation: bool = False) -> list[dict[str, 
     if not rows:
         raise RecipeError(f"{path}: no prompts")
     return rows
+
+
+def _resolve_zoo_roles(spec: DecodeSpec) -> None:
+    """`zoo:ROLE` names a model of the newest zoo build (as in `modelops eval`)."""
+    models = [spec.large, spec.small_base, *spec.experts]
+    if not any(isinstance(m, str) and m.startswith("zoo:") for m in models):
+        return
+    from modelops.eval.tasks import resolve_model
+
+    spec.large = resolve_model(spec.large)
+    spec.small_base = resolve_model(spec.small_base) if spec.small_base else None
+    spec.experts = [resolve_model(e) for e in spec.experts]

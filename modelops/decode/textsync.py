@@ -77,7 +77,6 @@ def prompt_text(member: Member, prompt: str) -> tuple[str, bool]:
     return member.render_text(prompt)
 
 
-
 def shares_vocabulary(a: Any, b: Any) -> bool:
     """True when two tokenizers are interchangeable for token ids (the logit rules' check)."""
     from modelops.decode.vocab import VocabularyMismatch, check_shared_vocabulary

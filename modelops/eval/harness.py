@@ -1,0 +1,383 @@
+"""One harness for a single model, a merged model or any fused configuration: systems × tasks → EvalReport.
+
+Data-parallel through accelerate: the rows are cut into batches of `batch_size` first, and whole batches are
+split between processes (`PartialState.split_between_processes`), then the records are gathered
+(`gather_object`). A batch is therefore decoded with the same rows, padding and seed (`seed + batch index`)
+whatever the number of processes, so results do not depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelops.errors import RecipeError
+from modelops.eval.metrics import RewardModel, choice_prediction, exact_match, summarize
+from modelops.eval.report import EvalReport, TaskResult
+from modelops.eval.tasks import TaskSpec, answer_index, load_callable, load_task, resolve_model
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (description, rows done, rows total)
+SEARCH_KEYS = ("beam_width", "successors", "chunk_len", "n", "speculative")  # FusionRule's search/speculative knobs
+# a system's own sampling (search rules want temperature 0.7, top-k 50); the eval flags give the rest
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed", "stop", "max_new_tokens")
+SYSTEM_KEYS = ("name", "model", "large", "small_base", "experts", "rule", "weights", "gamma", "alpha_grid",
+               "alpha_bounds", "chat_template_for", "dtype", "tasks", *SEARCH_KEYS, *SAMPLING_KEYS)  # fmt: skip
+
+
+@dataclass
+class SystemSpec:
+    """A model or a fused configuration; field names follow FusionRule / CoDecoder.load. `decoder`: prebuilt."""
+
+    name: str
+    large: str = ""
+    small_base: str | None = None
+    experts: list[str] = field(default_factory=list)
+    rule: str = "single"
+    weights: list[float] = field(default_factory=list)
+    gamma: float = 1.0
+    alpha_grid: list[float] | None = None
+    alpha_bounds: list[tuple[float, float]] | None = None
+    chat_template_for: str = "none"
+    dtype: str | None = None
+    beam_width: int = 4  # cbs: W
+    successors: int = 4  # cbs: K
+    chunk_len: int = 5  # cbs: L
+    n: int = 16  # bon: N
+    speculative: int = 0  # eft/proxy: tokens drafted by the expert per round
+    sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the eval's SamplingConfig
+    decoder: Any = None  # a CoDecoder built by the caller (e.g. weights updated in place): used as is
+    zoo: str | None = None  # where `zoo:ROLE` entries that name `{task}` resolve, once the task is known
+
+    @property
+    def per_task(self) -> bool:
+        """Model entries that name `{task}` (e.g. `zoo:sft_{task}`): one system per task."""
+        return any("{task}" in m for m in [self.large, self.small_base or "", *self.experts])
+
+    def for_task(self, task: str) -> SystemSpec:
+        def fill(m: str) -> str:
+            return resolve_model(m.replace("{task}", task), self.zoo)
+
+        small = fill(self.small_base) if self.small_base else None
+        return replace(self, large=fill(self.large), small_base=small, experts=[fill(e) for e in self.experts])
+
+    def fusion_rule(self) -> Any:
+        from modelops.decode.engine import FusionRule
+
+        extra: dict[str, Any] = {"alpha_grid": list(self.alpha_grid)} if self.alpha_grid else {}
+        extra.update({k: getattr(self, k) for k in SEARCH_KEYS})
+        return FusionRule(self.rule, list(self.weights), self.gamma, alpha_bounds=self.alpha_bounds, **extra)
+
+    def build(self, device: str = "cpu") -> Any:
+        """The CoDecoder for this system (or the prebuilt one)."""
+        from modelops.decode.engine import CoDecoder
+
+        if self.decoder is not None:
+            return self.decoder
+        return CoDecoder.load(
+            self.large, self.small_base, self.experts, self.fusion_rule(),
+            chat_template_for=self.chat_template_for, device=device, dtype=self.dtype,
+        )  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        if self.decoder is not None:
+            return {"name": self.name, "rule": self.decoder.rule.name, "prebuilt": True}
+        out = {"name": self.name, "large": self.large, "rule": self.rule}
+        if self.rule != "single":
+            out.update(small_base=self.small_base, experts=self.experts, weights=self.weights, gamma=self.gamma)
+        if self.rule in ("cbs", "bon"):
+            out.update({k: getattr(self, k) for k in ("beam_width", "successors", "chunk_len", "n")})
+        if self.sampling:
+            out["sampling"] = dict(self.sampling)
+        return out
+
+
+def model_system(spec: str, zoo: Path | str | None = None, name: str | None = None) -> SystemSpec:
+    """One model (rule single); `zoo:ROLE` resolves inside the zoo build (`zoo:sft_{task}`: per task)."""
+    path = spec if "{task}" in spec else resolve_model(spec, zoo)
+    name = name or (spec[4:] if spec.startswith("zoo:") else Path(spec).name or spec)
+    return SystemSpec(name, large=path, zoo=str(zoo) if zoo is not None else None)
+
+
+def system_from_dict(data: dict[str, Any], *, name: str, where: str, base: Path, zoo: Path | str | None) -> SystemSpec:
+    """A recipe mapping → SystemSpec; `model:` is `large:` with rule single; relative paths from the recipe."""
+    unknown = set(data) - set(SYSTEM_KEYS) - {"recipe"}
+    if unknown:
+        raise RecipeError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(SYSTEM_KEYS)}"
+        )
+
+    def model(spec: Any) -> str:
+        if not isinstance(spec, str) or not spec:
+            raise RecipeError(f"{where}: model entries must be non-empty strings, got {spec!r}")
+        local = base / spec
+        if "{task}" in spec:  # resolved per task (SystemSpec.for_task)
+            return spec
+        return resolve_model(spec, zoo) if spec.startswith("zoo:") or not local.exists() else str(local)
+
+    if "model" in data and "large" in data:
+        raise RecipeError(f"{where}: give either model (one model) or large (a fused configuration), not both")
+    large = data.get("model", data.get("large"))
+    if large is None:
+        raise RecipeError(f"{where}: no model: give `model: PATH` or `large: PATH` (zoo:ROLE works)")
+    experts = data.get("experts") or []
+    experts = experts if isinstance(experts, list) else [experts]
+    rule = data.get("rule", "single" if "model" in data or not experts else "eft")
+    weights = data.get("weights") or []
+    weights = weights if isinstance(weights, list) else [weights]
+    spec = SystemSpec(
+        str(data.get("name", name)), large=model(large),
+        small_base=model(data["small_base"]) if data.get("small_base") else None,
+        experts=[model(e) for e in experts], rule=str(rule), weights=[float(w) for w in weights],
+        gamma=float(data.get("gamma", 1.0)), chat_template_for=str(data.get("chat_template_for", "none")),
+        dtype=data.get("dtype"), zoo=str(zoo) if zoo is not None else None,
+    )  # fmt: skip
+    for key in SEARCH_KEYS:
+        if data.get(key) is not None:
+            setattr(spec, key, int(data[key]))
+    spec.sampling = {k: data[k] for k in SAMPLING_KEYS if data.get(k) is not None}
+    if isinstance(spec.sampling.get("stop"), str):
+        spec.sampling["stop"] = [spec.sampling["stop"]]
+    if data.get("alpha_grid") is not None:
+        spec.alpha_grid = [float(a) for a in data["alpha_grid"]]
+    if data.get("alpha_bounds") is not None:
+        spec.alpha_bounds = [(float(lo), float(hi)) for lo, hi in data["alpha_bounds"]]
+    if spec.rule != "single" and (not spec.small_base or not spec.experts):
+        raise RecipeError(f"{where}: rule {spec.rule} needs small_base and at least one expert")
+    spec.fusion_rule().coefficients(len(spec.experts))  # validates the rule name and weights now
+    return spec
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping (large, small_base, experts, rule, … or systems)")
+    return data
+
+
+def load_recipe(path: Path, zoo: Path | str | None = None) -> tuple[dict[str, SystemSpec], list[str]]:
+    """A system recipe (one system) or a compare recipe (`systems:`); also its default `tasks:`."""
+    data = read_yaml(path)
+    tasks = data.get("tasks") or []
+    tasks = [str(t) for t in (tasks if isinstance(tasks, list) else [tasks])]
+    if "systems" not in data:
+        system = system_from_dict(
+            {k: v for k, v in data.items() if k != "tasks"}, name=path.stem, where=str(path), base=path.parent, zoo=zoo
+        )
+        return {system.name: system}, tasks
+    entries = data["systems"]
+    if isinstance(entries, dict):
+        entries = [{"name": k, **(v if isinstance(v, dict) else {"model": v})} for k, v in entries.items()]
+    if not isinstance(entries, list) or not entries:
+        raise RecipeError(f"{path}: systems must be a non-empty list of {{name, model | recipe | large, …}}")
+    systems: dict[str, SystemSpec] = {}
+    for i, entry in enumerate(entries, 1):
+        where = f"{path} systems[{i}]"
+        if not isinstance(entry, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {entry!r}")
+        if "recipe" in entry:
+            sub_path = path.parent / entry["recipe"]
+            sub = read_yaml(sub_path)
+            sub.pop("tasks", None)
+            entry = {**sub, **{k: v for k, v in entry.items() if k != "recipe"}}
+            system = system_from_dict(entry, name=sub_path.stem, where=str(sub_path), base=sub_path.parent, zoo=zoo)
+        else:
+            system = system_from_dict(entry, name=f"system{i}", where=where, base=path.parent, zoo=zoo)
+        if system.name in systems:
+            raise RecipeError(f"{where}: two systems are named {system.name!r}; give each a distinct name")
+        systems[system.name] = system
+    return systems, tasks
+
+
+# ---- running one task ---------------------------------------------------------------------------------------------
+class _Scorers:
+    """Loaded once per task and process: the reward / fluency functions, the reward model."""
+
+    def __init__(self, task: TaskSpec, device: str) -> None:
+        self.reward = load_callable(task.reward) if task.metric == "reward" and task.reward else None
+        self.fluency = load_callable(task.fluency) if task.fluency else None
+        self.rm = RewardModel(task.rm, device=device) if task.metric == "rm" and task.rm else None
+
+
+def _score_batch(
+    decoder: Any, task: TaskSpec, rows: list[dict], sampling: Any, scorers: _Scorers, batch_size: int
+) -> list[dict[str, Any]]:
+    """Records (one per row) with the per-row `value` the summary averages."""
+    prompts = [r["prompt"] for r in rows]
+    if task.metric == "choice":
+        flat_p = [p for r in rows for p in [r["prompt"]] * len(r["choices"])]
+        flat_c = [c for r in rows for c in r["choices"]]
+        flat = decoder.score(flat_p, flat_c, batch_size=max(batch_size, len(flat_c)))
+        out, pos = [], 0
+        for r in rows:
+            lps = flat[pos : pos + len(r["choices"])]
+            pos += len(r["choices"])
+            pred, gold = choice_prediction(lps), answer_index(r, task.source)
+            out.append({"id": r["id"], "prompt": r["prompt"], "prediction": pred, "answer": gold,
+                        "logprob_sums": [sum(lp) for lp in lps], "value": float(pred == gold)})  # fmt: skip
+        return out
+    gens = decoder.generate(prompts, sampling, ids=[r["id"] for r in rows], batch_size=len(rows))
+    out = []
+    for r, g in zip(rows, gens, strict=True):
+        finished = g.finish_reason in ("eos", "stop")
+        judged = g.text if finished or task.unfinished_suffix is None else g.text + task.unfinished_suffix
+        rec: dict[str, Any] = {"id": r["id"], "prompt": r["prompt"], "text": g.text,
+                               "finish_reason": g.finish_reason, "num_tokens": g.num_tokens}  # fmt: skip
+        if task.metric == "exact":
+            ok = exact_match(g.text, r["reference"], normalized=task.normalize)
+            if task.require_eos and g.finish_reason != "eos":  # the zoo's rule: the answer, then <eos>
+                ok = 0.0
+            rec.update(reference=r["reference"], value=ok)
+        elif task.metric == "reward":
+            rec["value"] = float(scorers.reward(r["prompt"], judged))  # type: ignore[misc]
+        if scorers.fluency is not None:
+            rec["fluent"] = bool(scorers.fluency(r["prompt"], judged))
+        out.append(rec)
+    if task.metric == "rm":
+        assert scorers.rm is not None
+        values = scorers.rm.score(prompts, [rec["text"] for rec in out], batch_size=batch_size)
+        for rec, v in zip(out, values, strict=True):
+            rec["value"] = float(v)
+    return out
+
+
+def run_task(
+    decoder: Any,
+    task: TaskSpec,
+    sampling: Any = None,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    state: Any = None,
+) -> list[dict[str, Any]]:
+    """Every row's record, in row order, on every process (batches split between processes, then gathered)."""
+    from modelops.decode.sampling import SamplingConfig
+
+    sampling = sampling or SamplingConfig()
+    if task.max_new_tokens is not None:
+        sampling = replace(sampling, max_new_tokens=task.max_new_tokens)
+    n = len(task.rows)
+    batches = [(b, list(range(lo, min(lo + batch_size, n)))) for b, lo in enumerate(range(0, n, batch_size))]
+    scorers = _Scorers(task, device)
+    mine: list[tuple[int, list[int]]] = batches
+    if state is not None and state.num_processes > 1:
+        with state.split_between_processes(batches) as part:
+            mine = list(part)
+    records: list[dict[str, Any]] = []
+    done, total = 0, sum(len(idx) for _, idx in mine)
+    for b, idx in mine:
+        seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + b)
+        recs = _score_batch(decoder, task, [task.rows[i] for i in idx], seeded, scorers, batch_size)
+        for i, rec in zip(idx, recs, strict=True):
+            rec["index"] = i
+        records += recs
+        done += len(idx)
+        if progress:
+            progress(task.name, done, total)
+    if state is not None and state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        records = gather_object(records)
+    records.sort(key=lambda rec: rec["index"])
+    if [rec["index"] for rec in records] != list(range(n)):
+        raise RuntimeError(f"gathered {len(records)} records for {n} rows of {task.name}")
+    return records
+
+
+def distributed_state(device: str = "auto") -> Any:
+    """accelerate's PartialState when launched with several processes (accelerate launch / torchrun), else None.
+
+    On CPU it must be asked for explicitly (`cpu=True`): then it joins a gloo group from torchrun's environment.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def evaluate(
+    systems: dict[str, SystemSpec],
+    tasks: Sequence[TaskSpec],
+    sampling: Any = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Every system on every task. Systems are loaded one at a time; under accelerate every process gets the
+    whole report (rank 0 is the one to print and write it)."""
+    from modelops.decode.sampling import SamplingConfig
+    from modelops.devices import pick_device
+
+    sampling = sampling or SamplingConfig(max_new_tokens=64)
+    state = distributed_state(device)
+    dev = str(state.device) if state is not None else pick_device(device)
+    nproc = state.num_processes if state is not None else 1
+    tasks = [t.limited(limit) for t in tasks]
+    report = EvalReport(config={
+        "sampling": {k: getattr(sampling, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")},
+        "batch_size": batch_size, "limit": limit, "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95},
+        "processes": nproc, "systems": {n: s.describe() for n, s in systems.items()},
+        "tasks": {t.name: {"source": t.source, "metric": t.metric_label, "n": len(t.rows)} for t in tasks},
+    })  # fmt: skip
+    for name, system in systems.items():
+        pairs = [(system.for_task(t.name), [t]) for t in tasks] if system.per_task else [(system, tasks)]
+        for concrete, its_tasks in pairs:
+            logger.debug("loading %s", name)
+            decoder = concrete.build(dev)
+            own = replace(sampling, **system.sampling) if system.sampling else sampling
+            for task in its_tasks:
+                t0 = time.perf_counter()
+                records = run_task(
+                    decoder, task, own, batch_size=batch_size, device=dev, state=state,
+                    progress=(lambda d, k, n, _s=name: progress(f"{_s} · {d}", k, n)) if progress else None,
+                )  # fmt: skip
+                values = [rec["value"] for rec in records]
+                fluent = [float(rec["fluent"]) for rec in records] if task.fluency else None
+                report.results.append(
+                    TaskResult(
+                        name, task.name, task.metric_label, summarize(values, resamples=resamples, seed=seed),
+                        summarize(fluent, resamples=resamples, seed=seed) if fluent is not None else None,
+                        time.perf_counter() - t0, nproc, records,
+                    )
+                )  # fmt: skip
+            del decoder
+    return report
+
+
+def evaluate_model_folder(
+    path: str | Path,
+    task: str | TaskSpec,
+    *,
+    zoo: Path | str | None = None,
+    metric: str | None = None,
+    sampling: Any = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    device: str = "auto",
+) -> float:
+    """Mean score of one model folder on one task (zoo task name, JSONL path or TaskSpec)."""
+    spec = task if isinstance(task, TaskSpec) else load_task(str(task), metric, zoo=zoo)
+    system = SystemSpec(Path(path).name, large=str(path))
+    report = evaluate({system.name: system}, [spec], sampling, batch_size, limit, resamples=0, device=device)
+    return report.results[0].mean

@@ -1,0 +1,175 @@
+"""The seed papers' headline orderings, measured on a zoo build with the eval harness.
+
+Each `Comparison` lists systems in the order a paper claims (weakest first) and the relation between
+neighbours: "<" strictly lower mean, "≤" lower or equal mean, "≲" lower or within the 95% intervals' overlap.
+Systems are evaluated once per (system, task) and shared between comparisons.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelops.eval.harness import SystemSpec, evaluate
+from modelops.eval.report import TaskResult
+from modelops.eval.tasks import TaskSpec, zoo_roles, zoo_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Comparison:
+    paper: str
+    task: str
+    systems: list[str]  # names into the system table, weakest first as the paper claims
+    relations: list[str]  # between neighbours: "<", "≤" or "≲"
+    note: str = ""
+
+
+@dataclass
+class OrderingResult:
+    comparison: Comparison
+    results: list[TaskResult]
+    verdict: str  # "holds" or "fails: <which pair>"
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "paper": self.comparison.paper,
+            "task": self.comparison.task,
+            "ordering": ordering_text(self.comparison),
+            "verdict": self.verdict,
+            "systems": [r.row() for r in self.results],
+            "note": self.comparison.note,
+        }
+
+
+def ordering_text(c: Comparison) -> str:
+    parts = [c.systems[0]]
+    for rel, name in zip(c.relations, c.systems[1:], strict=True):
+        parts += [rel, name]
+    return " ".join(parts)
+
+
+def holds(a: TaskResult, b: TaskResult, relation: str) -> bool:
+    if relation == "<":
+        return a.mean < b.mean
+    if relation == "≤":
+        return a.mean <= b.mean
+    if relation == "≲":
+        return a.mean <= b.mean or a.summary.low <= b.summary.high
+    raise ValueError(f"unknown relation {relation!r}")
+
+
+def verdict(c: Comparison, results: list[TaskResult]) -> str:
+    failed = [
+        f"{a.system} ({a.mean:.3g}) {rel} {b.system} ({b.mean:.3g}) does not hold"
+        for rel, a, b in zip(c.relations, results, results[1:], strict=False)
+        if not holds(a, b, rel)
+    ]
+    return "holds" if not failed else "fails: " + "; ".join(failed)
+
+
+def zoo_systems(zoo: Path, tasks: list[str], *, search_n: int = 16) -> dict[str, SystemSpec]:
+    """Every system the comparisons need, by name, resolved inside one zoo build."""
+    r = {k: str(v) for k, v in zoo_roles(zoo).items()}
+    systems: dict[str, SystemSpec] = {"large base": SystemSpec("large base", r["large_base"])}
+    for t in (t for t in tasks if t != "review"):
+        fuse = {"large": r["large_base"], "small_base": r["small_base"], "experts": [r[f"sft_{t}"]]}
+        systems[f"small SFT ({t})"] = SystemSpec(f"small SFT ({t})", r[f"sft_{t}"])
+        systems[f"up-scaled ({t})"] = SystemSpec(f"up-scaled ({t})", rule="eft", weights=[1.0], **fuse)
+        systems[f"DLF ({t})"] = SystemSpec(f"DLF ({t})", rule="dlf", **fuse)
+        systems[f"large SFT ({t})"] = SystemSpec(f"large SFT ({t})", r[f"large_sft_{t}"])
+    skills = [t for t in tasks if t != "review"]
+    if len(skills) > 1:
+        systems["DLF (all experts)"] = SystemSpec(
+            "DLF (all experts)", r["large_base"], r["small_base"], [r[f"sft_{t}"] for t in skills], rule="dlf"
+        )
+    if "review" in tasks:
+        guide = {"large": r["large_sft_review"], "small_base": r["sft_review"], "experts": [r["dpo_full"]]}
+        systems["large SFT (review)"] = SystemSpec("large SFT (review)", r["large_sft_review"])
+        systems["EFT (review)"] = SystemSpec("EFT (review)", rule="eft", weights=[1.0], **guide)
+        systems[f"best-of-{search_n}"] = SystemSpec(f"best-of-{search_n}", rule="bon", n=search_n, **guide)
+        systems["CBS(4,4,5)"] = SystemSpec("CBS(4,4,5)", rule="cbs", beam_width=4, successors=4, chunk_len=5, **guide)
+    return systems
+
+
+def zoo_comparisons(tasks: list[str], *, search_n: int = 16) -> list[Comparison]:
+    out: list[Comparison] = []
+    skills = [t for t in tasks if t != "review"]
+    if "facts" in skills:
+        out.append(
+            Comparison(
+                "EFT / up-scaling (Mitchell et al. 2023)", "facts",
+                ["small SFT (facts)", "up-scaled (facts)", "large SFT (facts)"], ["<", "≤"],
+                "knowledge-heavy task: the large base brings what the small SFT lacks",
+            )
+        )  # fmt: skip
+    for t in skills:
+        out.append(
+            Comparison(
+                "DLF (Fan et al. 2024) vs proxy-tuning", t,
+                [f"small SFT ({t})", f"up-scaled ({t})", f"DLF ({t})", f"large SFT ({t})"], ["<", "≤", "<"],
+                "proxy-tuning α = 1 is the same formula as up-scaling",
+            )
+        )  # fmt: skip
+    if len(skills) > 1:
+        for t in skills:
+            out.append(
+                Comparison("DLF multi-task (all experts at once vs the task's expert)", t,
+                           [f"DLF ({t})", "DLF (all experts)"], ["≲"], "one fused system serves every task")
+            )  # fmt: skip
+    if "review" in tasks:
+        out.append(
+            Comparison(
+                "Weak-to-strong search (Zhou et al. 2024)", "review",
+                ["large SFT (review)", "EFT (review)", f"best-of-{search_n}", "CBS(4,4,5)"], ["<", "≲", "≤"],
+                f"guided by small DPO − small SFT; {search_n} samples per prompt for both searches",
+            )
+        )  # fmt: skip
+    return out
+
+
+@dataclass
+class OrderingRun:
+    results: list[OrderingResult] = field(default_factory=list)
+    cells: dict[tuple[str, str], TaskResult] = field(default_factory=dict)
+
+
+def measure_orderings(
+    zoo: Path,
+    tasks: list[str] | None = None,
+    *,
+    limit: int | None = None,
+    search_n: int = 16,
+    batch_size: int = 32,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: Any = None,
+) -> OrderingRun:
+    """Evaluate every system once per task it appears in, then judge each comparison."""
+    from modelops.decode.sampling import SamplingConfig
+
+    tasks = tasks or ["facts", "addition", "review"]
+    systems = zoo_systems(zoo, tasks, search_n=search_n)
+    comparisons = zoo_comparisons(tasks, search_n=search_n)
+    specs: dict[str, TaskSpec] = {t: zoo_task(t, zoo) for t in tasks}
+    run = OrderingRun()
+    for c in comparisons:
+        start = time.perf_counter()
+        for name in c.systems:
+            if (name, c.task) in run.cells:
+                continue
+            system = systems[name]
+            search = system.rule in ("cbs", "bon")
+            # searches sample (the papers' T 0.7, top-k 50); everything else is greedy, as the zoo scores itself
+            sampling = SamplingConfig(temperature=0.7 if search else 0.0, top_k=50 if search else 0, seed=seed)
+            report = evaluate({name: system}, [specs[c.task]], sampling, batch_size, limit, device=device,
+                              progress=progress)  # fmt: skip
+            run.cells[(name, c.task)] = replace(report.results[0])
+        results = [run.cells[(n, c.task)] for n in c.systems]
+        run.results.append(OrderingResult(c, results, verdict(c, results), time.perf_counter() - start))
+    return run
