@@ -85,8 +85,13 @@ def zoo_systems(zoo: Path, tasks: list[str], *, search_n: int = 16) -> dict[str,
         systems[f"large SFT ({t})"] = SystemSpec(f"large SFT ({t})", r[f"large_sft_{t}"])
     skills = [t for t in tasks if t != "review"]
     if len(skills) > 1:
+        every = [r[f"sft_{t}"] for t in skills]
         systems["DLF (all experts)"] = SystemSpec(
-            "DLF (all experts)", r["large_base"], r["small_base"], [r[f"sft_{t}"] for t in skills], rule="dlf"
+            "DLF (all experts)", r["large_base"], r["small_base"], every, rule="dlf"
+        )
+        equal = [1.0 / len(every)] * len(every)
+        systems["fixed (all experts)"] = SystemSpec(
+            "fixed (all experts)", r["large_base"], r["small_base"], every, rule="fixed", weights=equal
         )
     if "review" in tasks:
         guide = {"large": r["large_sft_review"], "small_base": r["sft_review"], "experts": [r["dpo_full"]]}
@@ -121,6 +126,10 @@ def zoo_comparisons(tasks: list[str], *, search_n: int = 16) -> list[Comparison]
             out.append(
                 Comparison("DLF multi-task (all experts at once vs the task's expert)", t,
                            [f"DLF ({t})", "DLF (all experts)"], ["≲"], "one fused system serves every task")
+            )  # fmt: skip
+            out.append(
+                Comparison("DLF per-step weights vs fixed equal weights (all experts)", t,
+                           ["fixed (all experts)", "DLF (all experts)"], ["≤"], "behaviour interpolation, no search")
             )  # fmt: skip
     if "review" in tasks:
         out.append(
