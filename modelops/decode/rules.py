@@ -134,6 +134,17 @@ def _tilt_curve(
     decayed weights far from float32 underflow.
     """
     order = sorted(range(len(alphas)), key=lambda i: alphas[i])
+    flushed = torch.set_flush_denormal(True)  # decayed weights would otherwise crawl through denormal arithmetic
+    try:
+        return _tilt_walk(logp, d, alphas, order, anchor_every)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+def _tilt_walk(
+    logp: torch.Tensor, d: torch.Tensor, alphas: list[float], order: list[int], anchor_every: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     a_out = torch.empty(len(alphas), logp.shape[0], device=logp.device)
     m_out = torch.empty_like(a_out)
     dmax = d.amax(-1, keepdim=True)  # (B, 1)
@@ -153,7 +164,7 @@ def _tilt_curve(
                 u_cache[h] = torch.exp(h * (d - dmax))
             w.mul_(u_cache[h])
         total = w.sum(-1)  # (B,)
-        weighted = torch.mul(w, d, out=scratch).sum(-1)
+        weighted = torch.mul(w, d, out=scratch).sum(-1)  # Σ w·d
         a_out[i] = total.log() + shift[:, 0] + (alpha - anchor) * dmax[:, 0]
         m_out[i] = weighted / total
     return a_out, m_out
