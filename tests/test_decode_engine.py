@@ -55,9 +55,13 @@ def test_expert_equal_to_small_base_changes_nothing(decode_family):
 
 
 def full_logprobs(path: Path, text: str, cont_ids: list[int]) -> torch.Tensor:
-    """Log-probs at the continuation positions from one plain forward of prompt + continuation."""
+    """Log-probs at the continuation positions from one plain forward of prompt + continuation.
+
+    The last continuation token is never an input to those positions, so it is fed as 0 (it may be an id the
+    model cannot embed).
+    """
     model, tok = load(path)
-    ids = tok(text)["input_ids"] + cont_ids
+    ids = tok(text)["input_ids"] + cont_ids[:-1] + [0]
     with torch.no_grad():
         out = model(torch.tensor([ids])).logits[0].float()
     return torch.log_softmax(out[len(ids) - len(cont_ids) - 1 : len(ids) - 1], -1)
@@ -170,3 +174,27 @@ def test_logits_processor_inside_generate_matches_the_co_decoder(decode_family):
         out = large.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=0, logits_processor=[proc])
         theirs = [r[: r.index(2) + 1] if 2 in r else r for r in out[:, enc.input_ids.shape[1] :].tolist()]
         assert ours == theirs, rule.name
+
+
+def test_padded_logit_rows_are_never_chosen_and_missing_ids_get_delta_zero(tmp_path, decode_family):
+    from decode_fixtures import llama, make_tokenizer, nudged, save_with_tokenizer
+
+    tok = make_tokenizer()  # 96 real tokens
+    wide = save_with_tokenizer(llama(5, hidden=64, vocab=128), tmp_path / "wide", tok)  # 32 rows past the tokenizer
+    base_model = llama(6, vocab=90)  # lacks ids 90-95
+    base = save_with_tokenizer(base_model, tmp_path / "base90", tok)
+    expert = save_with_tokenizer(nudged(base_model, 7), tmp_path / "expert90", tok)
+    decoder = CoDecoder.load(str(wide), str(base), [str(expert)], FusionRule("eft"))
+    gens = decoder.generate(prompts(6), SamplingConfig(max_new_tokens=12, temperature=1.0, seed=0))
+    assert all(t < 96 for g in gens for t in g.token_ids)
+
+    text, cont = "w1 w2", "w3 w4 w84 w91"  # ids 7 8 88 95: the last is past the small models' 90 rows
+    cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
+    assert max(cont_ids) >= 90  # one continuation token the small models do not have
+    ours = torch.tensor(decoder.score([text], [cont])[0])
+    ll = full_logprobs(wide, text, cont_ids)[:, :96]
+    lb, le = full_logprobs(base, text, cont_ids), full_logprobs(expert, text, cont_ids)
+    fused = torch.log_softmax(ll, -1).clone()
+    fused[:, :90] += le - lb  # the delta exists only where both small models have the token
+    expected = torch.log_softmax(fused, -1).gather(1, torch.tensor(cont_ids)[:, None])[:, 0]
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)

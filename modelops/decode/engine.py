@@ -160,7 +160,8 @@ class CoDecoder:
 
     def runners(self) -> list[Runner]:
         members = self.members if self.rule.name != "single" else self.members[:1]
-        return [Runner(m.model, m.role) for m in members]
+        fallback = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self.pad_id
+        return [Runner(m.model, m.role, fallback_id=int(fallback)) for m in members]
 
     def _prompt_ids(self, prompts: Sequence[str]) -> list[list[list[int]]]:
         members = self.members if self.rule.name != "single" else self.members[:1]

@@ -15,9 +15,12 @@ import torch
 class Runner:
     """A model plus its decoding state. Logits come back as float32, one row per live batch row."""
 
-    def __init__(self, model: Any, name: str = "model") -> None:
+    def __init__(self, model: Any, name: str = "model", fallback_id: int = 0) -> None:
         self.model = model
         self.name = name
+        # ids past this model's embedding (a token only the other models have) are fed as `fallback_id`
+        self.input_rows = int(model.get_input_embeddings().num_embeddings)
+        self.fallback_id = fallback_id
         self.device = next(model.parameters()).device
         self.width = int(model.get_output_embeddings().weight.shape[0])
         self.cache: Any = None
@@ -40,7 +43,7 @@ class Runner:
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         """Run left-padded prompts (B, T); return the last position's logits (B, W), or all (B, T, W)."""
-        input_ids = input_ids.to(self.device)
+        input_ids = self._embeddable(input_ids.to(self.device))
         mask = attention_mask.to(self.device, torch.long)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = self._new_cache()
@@ -64,7 +67,7 @@ class Runner:
         """Feed (B,) or (B, k) tokens to every live row; return logits (B, W) or (B, k, W)."""
         assert self.mask is not None and self.next_pos is not None, "prefill first"
         single = tokens.dim() == 1
-        tokens = tokens.to(self.device).view(self.batch_size, -1)
+        tokens = self._embeddable(tokens.to(self.device).view(self.batch_size, -1))
         k = tokens.shape[1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.batch_size, k)], dim=1)
         positions = self.next_pos[:, None] + torch.arange(k, device=self.device)
@@ -79,6 +82,11 @@ class Runner:
         self.next_pos = self.next_pos + k
         logits = out.logits.float()
         return logits[:, 0] if single else logits
+
+    def _embeddable(self, ids: torch.Tensor) -> torch.Tensor:
+        if int(ids.max()) < self.input_rows:
+            return ids
+        return ids.masked_fill(ids >= self.input_rows, self.fallback_id)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep, reorder or repeat rows (beam search, finished rows leaving the batch)."""
