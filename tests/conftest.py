@@ -172,3 +172,28 @@ def logits_with_state(path_like: Path, state: dict[str, torch.Tensor], ids: torc
 
 
 from decode_fixtures import decode_family  # noqa: E402, F401  (session fixture shared by the decode tests)
+
+
+@pytest.fixture(scope="session")
+def mini_zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mini zoo build per session (~70 s), in a cache folder tests can point MODELOPS_CACHE at."""
+    from modelops.zoo.build import build_zoo
+
+    cache = tmp_path_factory.mktemp("modelops-cache")
+    old = os.environ.get("MODELOPS_CACHE")
+    os.environ["MODELOPS_CACHE"] = str(cache)
+    try:
+        build_zoo("mini", seed=0)
+    finally:
+        if old is None:
+            os.environ.pop("MODELOPS_CACHE", None)
+        else:
+            os.environ["MODELOPS_CACHE"] = old
+    return cache
+
+
+@pytest.fixture(scope="session")
+def mini_zoo(mini_zoo_cache: Path) -> Path:
+    """The folder of that session's mini zoo build."""
+    (folder,) = [p for p in (mini_zoo_cache / "zoo").iterdir() if (p / "zoo.json").is_file()]
+    return folder

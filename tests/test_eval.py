@@ -363,13 +363,13 @@ def test_evaluate_prebuilt_decoder(fam: dict, greedy: dict, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_harness_reproduces_the_zoos_own_scores(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_harness_reproduces_the_zoos_own_scores(mini_zoo: Path) -> None:
     """Every model of a mini zoo on every task: the harness (co-decoder) equals modelops/zoo/scores.py (its own
     greedy loop) — exact match on facts/addition, gold reward and fluency on review. ~70 s to build the zoo."""
     from modelops.decode.sampling import SamplingConfig
-    from modelops.zoo.build import build_zoo, iter_models, load_manifest
+    from modelops.zoo.build import iter_models, load_manifest
 
-    zoo = build_zoo("mini", seed=0, out=tmp_path_factory.mktemp("evalzoo") / "mini")
+    zoo = mini_zoo
     manifest = load_manifest(zoo)
     systems = {name: SystemSpec(name, large=str(zoo / meta["path"])) for name, meta in iter_models(manifest)}
     tasks = [load_task(t, zoo=zoo) for t in ("facts", "addition", "review")]

@@ -36,7 +36,8 @@ def test_verdict_names_every_failing_pair():
 
 
 @pytest.mark.slow
-def test_demo_mini_runs_every_operation_and_ordering(tmp_path):
+def test_demo_mini_runs_every_operation_and_ordering(tmp_path, mini_zoo_cache, monkeypatch):
+    monkeypatch.setenv("MODELOPS_CACHE", str(mini_zoo_cache))  # the session's mini build: a cache hit
     res = CliRunner().invoke(app, ["demo", "--limit", "24", "--workdir", str(tmp_path), "-q"])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "demo-mini-s0.json").read_text())

@@ -147,12 +147,7 @@ def test_build_refuses_a_folder_that_is_not_a_zoo(tmp_path: Path) -> None:
 
 
 # ---- a real mini build (slow) ----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def mini_zoo(tmp_path_factory) -> Path:
-    t0 = time.perf_counter()
-    folder = build_zoo("mini", seed=0, out=tmp_path_factory.mktemp("zoo") / "mini")
-    print(f"mini zoo built in {time.perf_counter() - t0:.1f} s")
-    return folder
+# `mini_zoo` (conftest): one mini build per session, shared with the eval and demo tests.
 
 
 @pytest.mark.slow
