@@ -41,7 +41,10 @@ def register(app: typer.Typer) -> None:
         chunk_len: Annotated[int | None, typer.Option("--chunk-len", help="CBS: tokens per chunk (L).")] = None,
         n: Annotated[int | None, typer.Option("--n", help="Best-of-N: samples per prompt.")] = None,
         speculative: Annotated[
-            int | None, typer.Option("--speculative", help="EFT: the expert drafts K tokens.")
+            int | None,
+            typer.Option(
+                "--speculative", help="The first expert drafts K tokens per round; output identical to plain decoding."
+            ),
         ] = None,
         max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
         temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy.")] = None,

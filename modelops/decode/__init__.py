@@ -4,6 +4,7 @@ from modelops.decode.engine import CoDecoder, FusionRule, Generation
 from modelops.decode.processor import FusedLogitsProcessor
 from modelops.decode.sampling import SamplingConfig
 from modelops.decode.search import SearchResult, best_of_n, chunk_beam_search
+from modelops.decode.speculative import SpeculativeStats, speculative_generate
 
 __all__ = [
     "CoDecoder",
@@ -12,6 +13,8 @@ __all__ = [
     "Generation",
     "SamplingConfig",
     "SearchResult",
+    "SpeculativeStats",
     "best_of_n",
     "chunk_beam_search",
+    "speculative_generate",
 ]

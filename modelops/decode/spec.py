@@ -58,8 +58,8 @@ class DecodeSpec:
             raise RecipeError(f"--alpha-bounds: {len(self.alpha_bounds)} ranges for {len(self.experts)} experts")
         if self.speculative < 0:
             raise RecipeError(f"--speculative must be >= 0, got {self.speculative}")
-        if self.speculative and self.rule not in ("eft", "proxy"):
-            raise RecipeError(f"--speculative works with --rule eft or proxy, not {self.rule}")
+        if self.speculative and self.rule not in ("eft", "proxy", "fixed", "dlf"):
+            raise RecipeError(f"--speculative works with --rule eft, proxy, fixed or dlf, not {self.rule}")
         for name in ("beam_width", "successors", "chunk_len", "n"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -1,0 +1,302 @@
+"""Speculative up-scaling (METHODS.md §2.2): the expert drafts, the large model and the small base verify.
+
+One round, per live row, starting from a *pending* token t0 (emitted, but fed to no model yet):
+
+- the drafter (the first expert, S+) is fed t0, d1, …, d_k one token at a time with its own cache; after each
+  token it gives its logits, from which the next draft d_{i+1} ~ q_{i+1} = warp(expert) is drawn. Its logits
+  after d_k are the expert component of the bonus position;
+- every other member (large, small base, further experts) is fed [t0, d1, …, d_k] in ONE forward, giving
+  (B, k+1, W) logits; with the drafter's logits this is the fused target p at every position (`fuse`);
+- drafts are accepted left to right with probability min(1, p_i(d_i)/q_i(d_i)); the first rejected position
+  emits a token from norm(max(0, p − q)); if all k are accepted, a bonus token comes from p at position k+1.
+  Greedy: accept while argmax p equals the draft, then emit argmax p. The emitted last token becomes the new
+  pending token and every runner forgets the k − n_accepted rejected drafts (`Runner.rollback`, per row).
+
+The first token of a prompt comes from the prefill logits (as in plain decoding), so prefill costs nothing
+extra. The output distribution equals plain fused sampling exactly; greedy output is token-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from modelops.decode.loops import RowOutput, StopChecker, left_pad
+from modelops.decode.runner import Runner
+from modelops.decode.sampling import SamplingConfig, choose, make_generator, warp
+from modelops.decode.vocab import align
+from modelops.errors import ModelopsError
+
+if TYPE_CHECKING:
+    from modelops.decode.engine import CoDecoder, Generation
+
+logger = logging.getLogger(__name__)
+
+Fuse = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
+DRAFTER = 2  # member order: large, small base, experts…; the first expert drafts
+
+
+@dataclass
+class SpeculativeStats:
+    """What speculation achieved. A row-round is one live row in one verification round."""
+
+    draft_len: int = 0
+    rounds: int = 0  # batched verification rounds (one forward per verifying model each)
+    row_rounds: int = 0
+    drafted: int = 0  # draft tokens proposed, summed over rows
+    accepted: int = 0  # of those, accepted by the rule
+    emitted: int = 0  # tokens appended to outputs (after stop truncation; first tokens from prefill included)
+    acceptance_rate: float = 0.0  # accepted / drafted
+    tokens_per_round: float = 0.0  # (accepted + 1) per row-round: tokens one verification forward yields
+    seconds: float = 0.0
+
+    def finish(self) -> SpeculativeStats:
+        self.acceptance_rate = self.accepted / self.drafted if self.drafted else 0.0
+        self.tokens_per_round = (self.accepted + self.row_rounds) / self.row_rounds if self.row_rounds else 0.0
+        return self
+
+
+# -- the acceptance rule: pure tensor functions ---------------------------------------------------------------
+
+
+def accept_greedy(target: torch.Tensor, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy verification.
+
+    target: (B, k+1, V) fused logits at the k draft positions and the bonus position; drafts: (B, k).
+    Returns (n_accepted (B,), next token (B,)): drafts are kept while they equal argmax p, then argmax p at
+    the first mismatch (or at the bonus position) is emitted.
+    """
+    best = target.argmax(-1)  # (B, k+1)
+    k = drafts.shape[1]
+    n = (best[:, :k] == drafts).long().cumprod(1).sum(1)  # (B,) length of the matching prefix
+    return n, best.gather(1, n[:, None])[:, 0]
+
+
+def accept_sampled(
+    p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling (Leviathan et al. 2023 / Chen et al. 2023), exact for any draft distribution q.
+
+    p: (B, k+1, V) target probabilities (draft positions + bonus); q: (B, k, V) draft probabilities that
+    drafts (B, k) were drawn from. Draft i is accepted with probability min(1, p_i(d_i)/q_i(d_i)); at the
+    first rejection a token is drawn from norm(max(0, p − q)); when all are accepted, from p at position k+1.
+    Returns (n_accepted (B,), next token (B,)).
+    """
+    b, k = drafts.shape
+    p_d = p[:, :k].gather(-1, drafts[..., None])[..., 0]  # (B, k)
+    q_d = q.gather(-1, drafts[..., None])[..., 0]
+    u = torch.rand((b, k), generator=generator, device=p.device, dtype=p.dtype)
+    n = (u * q_d < p_d).long().cumprod(1).sum(1)  # u < p/q without dividing (q_d > 0: d was drawn from q)
+    q_pad = torch.cat([q, q.new_zeros(b, 1, q.shape[-1])], dim=1)  # q ≡ 0 at the bonus position: residual = p
+    idx = n[:, None, None].expand(b, 1, p.shape[-1])
+    p_n, q_n = p.gather(1, idx)[:, 0], q_pad.gather(1, idx)[:, 0]  # (B, V)
+    residual = (p_n - q_n).clamp_(min=0.0)
+    empty = residual.sum(-1, keepdim=True) <= 0  # p == q to the last bit: nothing to correct, sample p
+    residual = torch.where(empty, p_n, residual)
+    return n, torch.multinomial(residual, 1, generator=generator)[:, 0]
+
+
+# -- one batch of prompts -----------------------------------------------------------------------------------
+
+
+class SpeculativeBatch:
+    """The state of one batch: runners (live rows only), each row's output, and the pending token per row."""
+
+    def __init__(
+        self,
+        runners: list[Runner],
+        fuse: Fuse,
+        width: int,
+        sampling: SamplingConfig,
+        stopper: StopChecker,
+        draft_len: int,
+        generator: torch.Generator | None = None,
+        stats: SpeculativeStats | None = None,
+    ) -> None:
+        if len(runners) <= DRAFTER:
+            raise ModelopsError("speculative decoding needs a large model, a small base and an expert to draft")
+        self.runners, self.fuse, self.width = runners, fuse, width
+        self.sampling, self.stopper, self.draft_len, self.generator = sampling, stopper, draft_len, generator
+        self.stats = stats or SpeculativeStats(draft_len=draft_len)
+        self.outputs: list[RowOutput] = []
+        self.live = torch.zeros(0, dtype=torch.long)  # original row index of each live row
+        self.pending = torch.zeros(0, dtype=torch.long)  # (B_live,) emitted, not yet fed to any runner
+
+    def start(self, prompts: list[list[list[int]]], pad_id: int) -> bool:
+        """Prefill every runner with its own prompts; the first token comes from the prefill logits."""
+        n_rows = len(prompts[0])
+        self.outputs = [RowOutput() for _ in range(n_rows)]
+        logits = []
+        for runner, rows in zip(self.runners, prompts, strict=True):
+            ids, mask = left_pad(rows, pad_id)
+            logits.append(runner.prefill(ids, mask))
+        fused, weights = self.fuse(logits)
+        first = choose(fused, self.sampling, self.generator)
+        self.live = torch.arange(n_rows)
+        first_cpu = first.tolist()
+        done = [self._emit(j, [first_cpu[j]], None if weights is None else weights[j : j + 1]) for j in range(n_rows)]
+        self.pending = first
+        return self._drop(done)
+
+    def round(self) -> bool:
+        """Draft, verify, accept, roll back; True while rows are left."""
+        remaining = max(self.stopper.max_new_tokens - len(self.outputs[r].token_ids) for r in self.live.tolist())
+        k = max(0, min(self.draft_len, remaining - 1))  # no row can use more than `remaining` tokens
+        drafter = self.runners[DRAFTER]
+        x = self.pending
+        draft_logits, drafts, q_probs = [], [], []
+        for i in range(k + 1):
+            raw = drafter.step(x)  # (B, W_e): the expert's next-token logits
+            draft_logits.append(raw)
+            if i == k:
+                break
+            q_logits = align(raw, self.width, float("-inf"))
+            if self.sampling.greedy:
+                x = q_logits.argmax(-1)
+            else:
+                q = warp(q_logits, self.sampling).softmax(-1)
+                x = torch.multinomial(q, 1, generator=self.generator)[:, 0]
+                q_probs.append(q)
+            drafts.append(x)
+        b = x.shape[0]
+        drafts_t = torch.stack(drafts, 1) if drafts else self.pending.new_zeros(b, 0)  # (B, k)
+        fed = torch.cat([self.pending[:, None], drafts_t], dim=1)  # (B, k+1)
+        comps = []
+        for m, runner in enumerate(self.runners):
+            out = torch.stack(draft_logits, 1) if m == DRAFTER else runner.step(fed)  # (B, k+1, W_m)
+            comps.append(out.reshape(b * (k + 1), -1))
+        fused, weights = self.fuse(comps)
+        fused = fused.reshape(b, k + 1, -1)  # (B, k+1, V)
+        if self.sampling.greedy:
+            n_acc, nxt = accept_greedy(fused, drafts_t)
+        else:
+            p = warp(fused.reshape(b * (k + 1), -1), self.sampling).softmax(-1).view(b, k + 1, -1)
+            q = torch.stack(q_probs, 1) if q_probs else p.new_zeros(b, 0, p.shape[-1])
+            n_acc, nxt = accept_sampled(p, q, drafts_t, self.generator)
+        if weights is not None:
+            weights = weights.reshape(b, k + 1, -1)
+        self.stats.rounds += 1
+        self.stats.row_rounds += b
+        self.stats.drafted += b * k
+        self.stats.accepted += int(n_acc.sum())
+        n_cpu, drafts_cpu, nxt_cpu = n_acc.tolist(), drafts_t.tolist(), nxt.tolist()
+        done = []
+        for j in range(b):
+            tokens = [*drafts_cpu[j][: n_cpu[j]], nxt_cpu[j]]
+            done.append(self._emit(j, tokens, None if weights is None else weights[j]))
+        back = (k - n_acc).to(torch.long)  # each row forgets its rejected drafts, the same on every runner
+        for runner in self.runners:
+            runner.rollback(back.to(runner.device))
+        self.pending = nxt
+        return self._drop(done)
+
+    def _emit(self, j: int, tokens: list[int], weights: torch.Tensor | None) -> bool:
+        """Append tokens to live row j until a stop; tokens after the stop are discarded."""
+        out = self.outputs[int(self.live[j])]
+        rows = weights.tolist() if weights is not None else None
+        for i, tok in enumerate(tokens):
+            out.token_ids.append(tok)
+            self.stats.emitted += 1
+            if rows is not None:
+                out.weights.append(rows[i])
+            if self.stopper.check(out):
+                return True
+        return False
+
+    def _drop(self, done: list[bool]) -> bool:
+        """Finished rows leave every runner; True while rows are left."""
+        if all(done):
+            self.live = self.live[:0]
+            return False
+        if any(done):
+            keep = torch.tensor([not d for d in done])
+            idx = torch.nonzero(keep)[:, 0]
+            for runner in self.runners:
+                runner.select(idx)
+            self.live = self.live[keep]
+            self.pending = self.pending[idx.to(self.pending.device)]
+        return True
+
+
+def speculative_lockstep(
+    runners: list[Runner],
+    fuse: Fuse,
+    width: int,
+    prompts: list[list[list[int]]],
+    sampling: SamplingConfig,
+    stopper: StopChecker,
+    pad_id: int,
+    draft_len: int,
+    generator: torch.Generator | None = None,
+    stats: SpeculativeStats | None = None,
+) -> list[RowOutput]:
+    """Decode one batch speculatively; same inputs and outputs as `lockstep_generate` plus the draft length."""
+    batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats)
+    alive = batch.start(prompts, pad_id)
+    while alive:
+        alive = batch.round()
+    return batch.outputs
+
+
+def speculative_generate(
+    decoder: CoDecoder,
+    prompts: Sequence[str],
+    sampling: SamplingConfig | None = None,
+    draft_len: int = 4,
+    *,
+    ids: Sequence[Any] | None = None,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[Generation], SpeculativeStats]:
+    """Speculative fused generation for every prompt, `batch_size` prompts at a time.
+
+    Works for every logit rule whose target is computed per position (eft, proxy, fixed, dlf); with several
+    experts the first one drafts and the others verify with the large model and the small base.
+    """
+    sampling = sampling or SamplingConfig()
+    sampling.validate()
+    if draft_len < 1:
+        raise ModelopsError(f"--speculative must be at least 1 (tokens drafted per round), got {draft_len}")
+    if decoder.rule.name not in ("eft", "proxy", "fixed", "dlf") or len(decoder.members) <= DRAFTER:
+        raise ModelopsError(
+            f"--speculative needs a logit rule with an expert to draft (eft, proxy, fixed, dlf), not --rule "
+            f"{decoder.rule.name} with {len(decoder.members)} model(s)"
+        )
+    generator = make_generator(sampling.seed, decoder.device)
+    stopper = StopChecker(decoder.stop_ids, sampling.stop, decoder.tokenizer, sampling.max_new_tokens)
+    stats = SpeculativeStats(draft_len=draft_len)
+    start = time.perf_counter()
+    results: list[Generation] = []
+    for lo in range(0, len(prompts), batch_size):
+        batch = list(prompts[lo : lo + batch_size])
+        outs = speculative_lockstep(
+            decoder.runners(),
+            decoder.fuse,
+            decoder.width,
+            decoder._prompt_ids(batch),
+            sampling,
+            stopper,
+            decoder.pad_id,
+            draft_len,
+            generator,
+            stats,
+        )
+        for j, out in enumerate(outs):
+            results.append(decoder._to_generation(ids[lo + j] if ids is not None else lo + j, out))
+        if on_batch:
+            on_batch(len(batch))
+    stats.seconds = time.perf_counter() - start
+    stats.finish()
+    logger.info(
+        "speculative K=%d: acceptance %.3f, %.2f tokens per verification round (%d rounds)",
+        draft_len,
+        stats.acceptance_rate,
+        stats.tokens_per_round,
+        stats.rounds,
+    )
+    return results, stats
