@@ -89,6 +89,7 @@ def run_zoo_demo(
     add(_lora_line(zoo, roles, outputs, limit, device))
     for line in _decode_lines(zoo, limit, device, report.details):
         add(line)
+    add(_speculative_line(roles, limit, device, zoo))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -210,3 +211,27 @@ def _decode_lines(zoo: Path, limit: int | None, device: str, details: dict) -> l
         claim = f"{r.comparison.paper}: {ordering_text(r.comparison)}"
         lines.append(DemoLine("decode", claim, r.comparison.task, _fmt(r.results), r.verdict, r.seconds))
     return lines
+
+
+def _speculative_line(roles: dict[str, str], limit: int | None, device: str, zoo: Path) -> DemoLine:
+    """EFT on review (large SFT + small DPO − small SFT), plain and with the expert drafting 4 tokens."""
+    from modelops.decode import CoDecoder, FusionRule, SamplingConfig
+    from modelops.eval.tasks import zoo_task
+
+    t0 = time.perf_counter()
+    prompts = [r["prompt"] for r in zoo_task("review", zoo).rows[: limit or None]]
+    sampling = SamplingConfig(max_new_tokens=16)
+    members = (roles["large_sft_review"], roles["sft_review"], [roles["dpo_full"]])
+    plain = CoDecoder.load(*members, FusionRule("eft"), device=device)
+    spec = CoDecoder.load(*members, FusionRule("eft", speculative=4), device=device)
+    rates = []
+    for decoder in (plain, spec):
+        start = time.perf_counter()
+        gens = decoder.generate(prompts, sampling, batch_size=1)
+        rates.append((sum(g.num_tokens for g in gens) / (time.perf_counter() - start), [g.token_ids for g in gens]))
+    same = rates[0][1] == rates[1][1]
+    acceptance = spec.last_stats.get("acceptance_rate", 0.0)
+    values = f"plain EFT {rates[0][0]:.0f} tok/s, speculative K=4 {rates[1][0]:.0f} tok/s, acceptance {acceptance:.2f}"
+    verdict = ("identical tokens" if same else "tokens DIFFER") + f", {rates[1][0] / rates[0][0]:.2f}× the speed"
+    return DemoLine("decode", "speculative up-scaling (EFT paper): identical output, faster when the expert agrees", "review (batch 1, greedy)",
+                    values, verdict, time.perf_counter() - t0)  # fmt: skip

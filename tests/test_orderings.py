@@ -42,9 +42,10 @@ def test_demo_mini_runs_every_operation_and_ordering(tmp_path, mini_zoo_cache, m
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "demo-mini-s0.json").read_text())
     claims = " | ".join(line["claim"] for line in data["lines"])
-    for needle in ("ExPO", "merge", "extract-lora", "EFT", "DLF", "fixed", "Weak-to-strong"):
+    for needle in ("ExPO", "merge", "extract-lora", "EFT", "DLF", "fixed", "Weak-to-strong", "speculative"):
         assert needle in claims, needle
     assert all(line["verdict"] for line in data["lines"])
+    assert "identical tokens" in data["lines"][-1]["verdict"]
     outputs = tmp_path / "zoo-mini-s0"
     folders = ["merge-ties-facts+addition", "lora-large-facts-r16", "lora-large-facts-r16-applied"]
     folders += [p.name for p in outputs.glob("expo-dpo_full-a*")]
