@@ -182,3 +182,13 @@ def test_hub_ids_resolve_through_the_local_cache_offline(tmp_path: Path, monkeyp
     with pytest.raises(SourceError, match="org/other"):
         resolve_source("org/other@main")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_fingerprint_tells_two_fine_tunes_of_one_architecture_apart(llama_family) -> None:
+    from modelops.checkpoint import Checkpoint
+    from modelops.provenance import fingerprint_sha256
+
+    a, b = Checkpoint.open(llama_family["sft"]), Checkpoint.open(llama_family["dpo"])
+    assert a.tensors.keys() == b.tensors.keys()  # same layout …
+    assert fingerprint_sha256(a) != fingerprint_sha256(b)  # … different weights
+    assert fingerprint_sha256(a) == fingerprint_sha256(Checkpoint.open(llama_family["sft"]))

@@ -24,7 +24,7 @@ def _recipe(operation: str, inputs: list[dict], **top) -> dict:
 def _input(role: str, repo_id: str | None, source: str | None = None) -> dict:
     commit = "a" * 40 if repo_id else None
     return {"role": role, "source": source or repo_id, "repo_id": repo_id, "revision": "main" if repo_id else None,
-            "commit": commit, "header_sha256": "f" * 64}  # fmt: skip
+            "commit": commit, "fingerprint_sha256": "f" * 64}  # fmt: skip
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Model cards for every folder modelops writes, built offline from the folder's `modelops_recipe.yaml`.
 
-The card records how the model was made: every input (repo id, revision, commit, header hash), the method and
+The card records how the model was made: every input (repo id, revision, commit, content fingerprint), the method and
 its paper, the exact recipe, the modelops version and any measured numbers. Metadata goes through
 `huggingface_hub.ModelCardData`, so the Hub indexes `base_model`, `base_model_relation`, `library_name` and tags.
 Writing a card never touches the network: only `ModelCard.from_template` (local Jinja) and a file write.
@@ -87,10 +87,10 @@ Paper: [{{ paper }}]({{ paper_url }})
 {% endif %}
 ## Inputs
 
-| role | source | revision | commit | header sha256 |
+| role | source | revision | commit | fingerprint (sha256) |
 |---|---|---|---|---|
 {% for i in inputs -%}
-| {{ i.role }} | {{ i.source }} | {{ i.revision or "-" }} | {{ i.commit or "-" }} | {{ (i.header_sha256 or "-")[:16] }} |
+| {{ i.role }} | {{ i.source }} | {{ i.revision or "-" }} | {{ i.commit or "-" }} | {{ (i.fingerprint_sha256 or "-")[:16] }} |
 {% endfor %}
 {% if metrics_table or metrics_yaml %}
 ## Measured
