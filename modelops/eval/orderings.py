@@ -81,6 +81,7 @@ def zoo_systems(zoo: Path, tasks: list[str], *, search_n: int = 16) -> dict[str,
         fuse = {"large": r["large_base"], "small_base": r["small_base"], "experts": [r[f"sft_{t}"]]}
         systems[f"small SFT ({t})"] = SystemSpec(f"small SFT ({t})", r[f"sft_{t}"])
         systems[f"up-scaled ({t})"] = SystemSpec(f"up-scaled ({t})", rule="eft", weights=[1.0], **fuse)
+        systems[f"proxy α=1 ({t})"] = SystemSpec(f"proxy α=1 ({t})", rule="proxy", weights=[1.0], **fuse)
         systems[f"DLF ({t})"] = SystemSpec(f"DLF ({t})", rule="dlf", **fuse)
         systems[f"large SFT ({t})"] = SystemSpec(f"large SFT ({t})", r[f"large_sft_{t}"])
     skills = [t for t in tasks if t != "review"]
@@ -117,8 +118,8 @@ def zoo_comparisons(tasks: list[str], *, search_n: int = 16) -> list[Comparison]
         out.append(
             Comparison(
                 "DLF (Fan et al. 2024) vs proxy-tuning", t,
-                [f"small SFT ({t})", f"up-scaled ({t})", f"DLF ({t})", f"large SFT ({t})"], ["<", "≤", "<"],
-                "proxy-tuning α = 1 is the same formula as up-scaling",
+                [f"small SFT ({t})", f"proxy α=1 ({t})", f"DLF ({t})", f"large SFT ({t})"], ["<", "≤", "<"],
+                "proxy-tuning α = 1 is the same formula as up-scaling (and gives the same numbers)",
             )
         )  # fmt: skip
     if len(skills) > 1:
