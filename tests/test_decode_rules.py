@@ -154,3 +154,30 @@ def test_width_alignment_masks_non_tokens_and_zeroes_missing_deltas():
     torch.testing.assert_close(fused, lsm(manual))
     same = aligned_components([large, large.clone(), large.clone()], width=6)
     assert all(c.shape == (2, 6) for c in same)
+
+
+def test_dlf_with_negative_alphas_and_early_stopping_matches_the_naive_search():
+    grid = [-1.0, -0.6, -0.3, 0.0, 0.2, 0.5, 0.9, 1.4, 2.0, 3.0]
+    for seed in range(8):
+        zl, zb = logits(100 + seed, rows=1, scale=2.0), logits(200 + seed, rows=1, scale=2.0)
+        experts = [zb + logits(300 + seed + 7 * t, rows=1, scale=0.3 + 0.4 * t) for t in range(2)]
+        weights, objective = rules.dlf_weights(zl, zb, experts, rules.dlf_candidates(grid, 2))
+        obj, alpha, t = naive_dlf(zl[0], zb[0], [e[0] for e in experts], grid)
+        chosen = weights[0]
+        assert chosen.abs().max().item() == pytest.approx(abs(alpha), abs=1e-6)
+        if alpha:
+            assert int(chosen.abs().argmax()) == t and float(chosen.sum()) == pytest.approx(alpha)
+        assert objective[0].min().item() == pytest.approx(obj, rel=1e-3, abs=1e-6)
+
+
+def test_dlf_in_row_blocks_matches_the_naive_search_per_row():
+    vocab = 20000  # 65536 // 20000 = 3 rows per block: blocks of 3 and 2
+    g = torch.Generator().manual_seed(5)
+    zl, zb = torch.randn(5, vocab, generator=g) * 2, torch.randn(5, vocab, generator=g) * 2
+    ze = zb + torch.randn(5, vocab, generator=g) * 0.5
+    weights, objective = rules.dlf_weights(zl, zb, [ze], rules.dlf_candidates(rules_grid(), 1))
+    assert weights.shape == (5, 1) and objective.shape == (5, 21)
+    for row in range(5):
+        obj, alpha, _ = naive_dlf(zl[row], zb[row], [ze[row]], rules_grid())
+        assert weights[row, 0].item() == pytest.approx(alpha, abs=1e-6)
+        assert objective[row].min().item() == pytest.approx(obj, rel=1e-3, abs=1e-6)
