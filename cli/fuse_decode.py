@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         gamma: Annotated[float | None, typer.Option("--gamma", help="EFT 'amplified' knob: scales ℓ_L − ℓ_S−.")] = None,
         alpha_grid: Annotated[
-            str | None, typer.Option("--alpha-grid", help="DLF grid: 0:2:0.1 or a comma list.")
+            str | None,
+            typer.Option("--alpha-grid", help="DLF grid: start:stop:step or a comma list (default 0:2:0.1)."),
         ] = None,
         alpha_bounds: Annotated[list[str] | None, typer.Option("--alpha-bounds", help="DLF lo:hi per expert.")] = None,
         beam_width: Annotated[int | None, typer.Option("--beam-width", help="CBS: beams kept per prompt (W).")] = None,
@@ -46,14 +47,23 @@ def register(app: typer.Typer) -> None:
                 "--speculative", help="The first expert drafts K tokens per round; output identical to plain decoding."
             ),
         ] = None,
-        max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
-        temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy.")] = None,
-        top_k: Annotated[int | None, typer.Option("--top-k")] = None,
-        top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+        max_new_tokens: Annotated[
+            int | None, typer.Option("--max-new-tokens", help="New tokens per prompt (default 128).")
+        ] = None,
+        temperature: Annotated[
+            float | None, typer.Option("--temperature", help="0 = greedy (default; cbs/bon: 0.7).")
+        ] = None,
+        top_k: Annotated[
+            int | None, typer.Option("--top-k", help="Keep the k most likely fused tokens (0 = off; cbs/bon: 50).")
+        ] = None,
+        top_p: Annotated[
+            float | None, typer.Option("--top-p", help="Nucleus sampling on the fused logits (default 1.0).")
+        ] = None,
         stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop string; repeatable.")] = None,
-        seed: Annotated[int | None, typer.Option("--seed")] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed (reproducible runs).")] = None,
         chat_template_for: Annotated[
-            str | None, typer.Option("--chat-template-for", help="expert | all | none.")
+            str | None,
+            typer.Option("--chat-template-for", help="Who gets its chat template: expert | all | none (default)."),
         ] = None,
         score: Annotated[
             bool, typer.Option("--score", help="Teacher-forced log-prob of each row's continuation.")
