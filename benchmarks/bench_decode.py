@@ -4,6 +4,7 @@
 
 From-config Llamas (no download). Greedy, --new-tokens tokens, no early stop, at batch 1 and 16, all in one run:
 - floor: each model's own greedy loop with its KV cache (prefill, then one cached forward + argmax per token);
+- interleaved: the same three loops, one step of each in turn, nothing fused (the cost of alternating alone);
 - naive: a lock-step loop that log-softmaxes every model every step and combines the three log-probs;
 - modelops: `CoDecoder.generate` with the EFT rule (and DLF), i.e. what `modelops fuse-decode` runs.
 Ratios are fused time ÷ (sum of the floors). DLF: time of `dlf_weights` per step vs one fused EFT step, and a
@@ -67,6 +68,23 @@ def own_decode(model, ids: torch.Tensor, new_tokens: int) -> float:
     for _ in range(new_tokens - 1):
         out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def interleaved_own(models, ids: torch.Tensor, new_tokens: int) -> float:
+    """Each model's own greedy loop, one step of each in turn, nothing fused: the cost of alternating alone."""
+    from transformers import DynamicCache
+
+    start = time.perf_counter()
+    outs = [m(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1) for m in models]
+    toks = [o.logits[:, -1].argmax(-1, keepdim=True) for o in outs]
+    for _ in range(new_tokens - 1):
+        outs = [
+            m(input_ids=t, past_key_values=o.past_key_values, use_cache=True)
+            for m, o, t in zip(models, outs, toks, strict=True)
+        ]
+        toks = [o.logits[:, -1].argmax(-1, keepdim=True) for o in outs]
     return time.perf_counter() - start
 
 
@@ -175,18 +193,23 @@ def main() -> None:
         return min(fn(*a) for _ in range(args.repeats))
 
     print(f"greedy, {args.new_tokens} new tokens, prompt {args.prompt_len} tokens, best of {args.repeats}")
-    header = f"{'batch':>5} {'floor s':>8} {'naive s':>8} {'eft s':>8} {'dlf s':>8} {'naive/floor':>11} {'eft/floor':>9} {'dlf/floor':>9}"
+    header = (
+        f"{'batch':>5} {'floor s':>8} {'interl s':>8} {'naive s':>8} {'eft s':>8} {'dlf s':>8} {'interl/floor':>12} "
+        f"{'naive/floor':>11} {'eft/floor':>9} {'dlf/floor':>9}"
+    )
     print(header)
     for batch in (int(b) for b in args.batches.split(",")):
         g = torch.Generator().manual_seed(batch)
         ids = torch.randint(3, args.vocab, (batch, args.prompt_len), generator=g)
         floor = sum(best(own_decode, m, ids, args.new_tokens) for m in (large, base, expert))
+        inter = best(interleaved_own, [large, base, expert], ids, args.new_tokens)
         naive = best(naive_lockstep, [large, base, expert], ids, args.new_tokens)
         rows = ids.tolist()
         t_eft = best(fused_decode, eft, rows, args.new_tokens)
         t_dlf = best(fused_decode, dlf, rows, args.new_tokens)
         print(
-            f"{batch:>5} {floor:>8.2f} {naive:>8.2f} {t_eft:>8.2f} {t_dlf:>8.2f} {naive / floor:>11.3f} "
+            f"{batch:>5} {floor:>8.2f} {inter:>8.2f} {naive:>8.2f} {t_eft:>8.2f} {t_dlf:>8.2f} {inter / floor:>12.3f} "
+            f"{naive / floor:>11.3f} "
             f"{t_eft / floor:>9.3f} {t_dlf / floor:>9.3f}"
         )
         step = t_eft / args.new_tokens
