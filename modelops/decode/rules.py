@@ -147,8 +147,10 @@ def _dlf_block(
             continue
 
         def past_minimum(alpha: float, a_row: torch.Tensor, m_row: torch.Tensor, t: int = t) -> torch.Tensor:
+            if alpha == 0:
+                return torch.zeros_like(a_row, dtype=torch.bool)
             f, g = alpha * m_row - a_row, a_row - alpha * mean_p[t]
-            return (alpha != 0) & (f >= fwd_bar) & (g >= bwd_bar)
+            return (f >= fwd_bar) & (g >= bwd_bar)
 
         a[rows], mean_tilde[rows] = _tilt_curve(logp, d[t], alpha[rows].tolist(), past_minimum)
     kl_tilde_p = alpha[:, None] * mean_tilde - a  # KL(P̃‖P); −inf where the walk stopped early
@@ -198,13 +200,22 @@ def _tilt_walk(
     m_out: torch.Tensor,
     past_minimum: Callable[[float, torch.Tensor, torch.Tensor], torch.Tensor] | None,
 ) -> None:
-    """One monotone walk (every step h has the same sign); fills a_out / m_out rows of `order`."""
+    """One monotone walk (every step h has the same sign); fills a_out / m_out rows of `order`.
+
+    Per α: one multiply and two reductions into preallocated rows (few small ops: at batch 1 their dispatch
+    cost is what matters). The stop test runs once per anchor segment, on its last α: past the minimum there
+    means past it at every later α too.
+    """
+    n, rows = len(order), d.shape[0]
     increasing = alphas[order[-1]] >= alphas[order[0]]
     ref = d.amax(-1) if increasing else d.amin(-1)  # (B,): makes every u = e^{h(d − ref)} ≤ 1
     scratch = torch.empty_like(d)  # reused: no allocation per α
-    done = torch.zeros(d.shape[0], dtype=torch.bool, device=d.device)
+    total = torch.empty(n, rows, device=d.device)  # Σ w
+    weighted = torch.empty_like(total)  # Σ w·d
+    offset = torch.empty_like(total)  # log of what w was scaled by
     w = shift = anchor = None
     u_cache: dict[float, torch.Tensor] = {}
+    walked = n
     for k, i in enumerate(order):
         alpha = alphas[i]
         if w is None or k % anchor_every == 0:
@@ -217,14 +228,18 @@ def _tilt_walk(
             if h not in u_cache:
                 u_cache[h] = torch.exp(h * (d - ref[:, None]))
             w.mul_(u_cache[h])
-        total = w.sum(-1)  # (B,)
-        weighted = torch.mul(w, d, out=scratch).sum(-1)  # Σ w·d
-        a_out[i] = total.log() + shift + (alpha - anchor) * ref
-        m_out[i] = weighted / total
-        if past_minimum is not None:
-            done |= past_minimum(alpha, a_out[i], m_out[i])
-            if bool(done.all()):
-                return
+        torch.sum(w, -1, out=total[k])
+        torch.sum(torch.mul(w, d, out=scratch), -1, out=weighted[k])
+        torch.add(shift, ref, alpha=alpha - anchor, out=offset[k])
+        segment_end = k % anchor_every == anchor_every - 1 or k == n - 1
+        if past_minimum is not None and segment_end:
+            a_k = total[k].log() + offset[k]
+            if bool(past_minimum(alpha, a_k, weighted[k] / total[k]).all()):
+                walked = k + 1
+                break
+    idx = torch.tensor(order[:walked], device=d.device)
+    a_out[idx] = total[:walked].log() + offset[:walked]
+    m_out[idx] = weighted[:walked] / total[:walked]
 
 
 def _restrict_support(
