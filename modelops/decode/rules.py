@@ -253,6 +253,10 @@ def _restrict_support(
     if margin == float("inf"):
         return d, logp
     lo, hi = float(min(alpha.min(), 0.0)), float(max(alpha.max(), 0.0))
+    # no token can fall `margin` below another when logp and α·d cannot spread that far: skip the work
+    reach = max(abs(lo), abs(hi)) * (d.amax(-1) - d.amin(-1)).amax(0)  # (B,)
+    if bool((logp.amax(-1) - logp.amin(-1) + reach < margin).all()):
+        return d, logp
     at_lo = logp[None] + lo * d if lo else logp[None].expand_as(d)  # (T, B, V)
     at_hi = logp[None] + hi * d
     upper = torch.maximum(at_lo, at_hi)
