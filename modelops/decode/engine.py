@@ -57,6 +57,12 @@ class FusionRule:
             return None
         raise ModelopsError(f"unknown rule {self.name!r}; expected one of {', '.join(LOGIT_RULES)}")
 
+    def candidates(self, n_experts: int) -> torch.Tensor | None:
+        """DLF's candidate weight vectors (C, T); None for every other rule."""
+        if self.name != "dlf":
+            return None
+        return rules.dlf_candidates(self.alpha_grid, n_experts, self.alpha_bounds)
+
 
 @dataclass
 class Generation:
@@ -87,9 +93,7 @@ class CoDecoder:
         if rule.alpha_bounds and len(rule.alpha_bounds) != self.n_experts:
             raise ModelopsError(f"--alpha-bounds: {len(rule.alpha_bounds)} given for {self.n_experts} experts")
         self.last_stats: dict[str, Any] = {}  # what the last generate() measured (acceptance rate, …)
-        self._candidates = (
-            rules.dlf_candidates(rule.alpha_grid, self.n_experts, rule.alpha_bounds) if rule.name == "dlf" else None
-        )
+        self._candidates = rule.candidates(self.n_experts)
         tokenizers = {m.spec if m.spec else m.role: m.tokenizer for m in members}
         # search rules (cbs/bon) work on text and may skip the check; the logit rules never do
         self.shared_vocabulary = len(members) == 1 or check_vocabulary
@@ -149,14 +153,8 @@ class CoDecoder:
             raise ModelopsError(
                 "these models do not share a vocabulary, so their logits cannot be fused; use --rule cbs"
             )
-        logits = [x.to(self.device) for x in logits]
-        comps = aligned_components(logits, self.width)
-        if self._coeffs is not None:
-            return rules.combine(comps, self._coeffs), None
-        assert self._candidates is not None
-        weights, _ = rules.dlf_weights(comps[0], comps[1], comps[2:], self._candidates)
-        coeffs = torch.cat([torch.ones_like(weights[:, :1]), -weights.sum(-1, keepdim=True), weights], dim=-1)
-        return rules.combine(comps, coeffs), weights
+        comps = aligned_components([x.to(self.device) for x in logits], self.width)
+        return rules.fuse_components(comps, self._coeffs, self._candidates)
 
     def runners(self) -> list[Runner]:
         members = self.members if self.rule.name != "single" else self.members[:1]
@@ -185,7 +183,7 @@ class CoDecoder:
             from modelops.decode.search import run_search
 
             gens, self.last_stats = run_search(
-                self, _SearchSpec.of(self.rule, sampling), prompts, ids=ids, batch_size=batch_size, on_batch=on_batch
+                self, sampling, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch
             )
             return gens
         if self.rule.speculative:
@@ -194,7 +192,7 @@ class CoDecoder:
             gens, stats = speculative_generate(
                 self, prompts, sampling, self.rule.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch
             )
-            self.last_stats = stats if isinstance(stats, dict) else dict(vars(stats))
+            self.last_stats = dict(vars(stats))
             return gens
         generator = make_generator(sampling.seed, self.device)
         stopper = StopChecker(self.stop_ids, sampling.stop, self.tokenizer, sampling.max_new_tokens)
@@ -237,19 +235,3 @@ class CoDecoder:
             score=out.score,
             token_ids=list(out.token_ids),
         )
-
-
-@dataclass
-class _SearchSpec:
-    """The fields `run_search` reads (a DecodeSpec has the same ones)."""
-
-    rule: str
-    beam_width: int
-    successors: int
-    chunk_len: int
-    n: int
-    sampling: SamplingConfig
-
-    @classmethod
-    def of(cls, rule: FusionRule, sampling: SamplingConfig) -> _SearchSpec:
-        return cls(rule.name, rule.beam_width, rule.successors, rule.chunk_len, rule.n, sampling)

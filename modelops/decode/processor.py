@@ -40,11 +40,7 @@ class FusedLogitsProcessor(LogitsProcessor):
         self.width = check_shared_vocabulary({str(i): t for i, t in enumerate(tokenizers)}) if tokenizers else None
         self.runners = [Runner(small_base, "base"), *[Runner(m, "expert") for m in experts]]
         self.coefficients = self.rule.coefficients(len(experts))
-        self.candidates = (
-            rules.dlf_candidates(self.rule.alpha_grid, len(experts), self.rule.alpha_bounds)
-            if self.rule.name == "dlf"
-            else None
-        )
+        self.candidates = self.rule.candidates(len(experts))
         self.pad_token_id = pad_token_id
         self._fed = 0  # ids already given to the small models
         self.weights_trace: list[torch.Tensor] = []
@@ -59,13 +55,9 @@ class FusedLogitsProcessor(LogitsProcessor):
         self._fed = input_ids.shape[1]
         width = self.width or min(x.shape[-1] for x in [scores, *small])
         comps = aligned_components([scores.float(), *[s.to(scores.device) for s in small]], width)
-        if self.candidates is not None:
-            weights, _ = rules.dlf_weights(comps[0], comps[1], comps[2:], self.candidates)
+        fused, weights = rules.fuse_components(comps, self.coefficients, self.candidates)
+        if weights is not None:
             self.weights_trace.append(weights.cpu())
-            coeffs = torch.cat([torch.ones_like(weights[:, :1]), -weights.sum(-1, keepdim=True), weights], -1)
-        else:
-            coeffs = torch.tensor(self.coefficients)
-        fused = rules.combine(comps, coeffs)
         if fused.shape[-1] < scores.shape[-1]:  # rows that are not real tokens stay unreachable
             pad = fused.new_full((fused.shape[0], scores.shape[-1] - fused.shape[-1]), float("-inf"))
             fused = torch.cat([fused, pad], -1)

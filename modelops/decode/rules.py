@@ -52,6 +52,21 @@ def combine(components: list[torch.Tensor], coefficients: torch.Tensor | list[fl
     return out
 
 
+def fuse_components(
+    components: list[torch.Tensor], coefficients: list[float] | None, candidates: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[large, small base, experts…] → fused (B, V) logits, with fixed coefficients or DLF's per-row choice.
+
+    Returns the chosen expert weights (B, T) for DLF, else None.
+    """
+    if candidates is None:
+        assert coefficients is not None
+        return combine(components, coefficients), None
+    weights, _ = dlf_weights(components[0], components[1], components[2:], candidates)
+    coeffs = torch.cat([torch.ones_like(weights[:, :1]), -weights.sum(-1, keepdim=True), weights], dim=-1)
+    return combine(components, coeffs), weights
+
+
 def kl_pair(logp: torch.Tensor, logq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL(p‖q), KL(q‖p)) over the last dim, natural log; inputs are log-probs."""
     p, q = logp.exp(), logq.exp()

@@ -284,26 +284,30 @@ def _result(tokenizer: Any, pool: list[_Beam], keep_candidates: bool) -> SearchR
 
 def run_search(
     decoder: Any,
-    spec: Any,
+    sampling: SamplingConfig,
     prompts: Sequence[str],
     *,
     ids: Sequence[Any] | None = None,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """`--rule cbs|bon` for a CoDecoder whose members are [large, small base, expert]: Generations + stats."""
+    """`--rule cbs|bon` for a CoDecoder whose members are [large, small base, expert]: Generations + stats.
+
+    The search shape comes from the decoder's rule (`beam_width`, `successors`, `chunk_len`, or `n` for bon).
+    """
     from modelops.decode.engine import Generation
 
+    rule = decoder.rule
     if len(decoder.members) != 3:
-        raise ModelopsError(f"--rule {spec.rule} needs --large, --small-base and exactly one --expert")
+        raise ModelopsError(f"--rule {rule.name} needs --large, --small-base and exactly one --expert")
     large, base, expert = decoder.members
-    if spec.rule == "bon":
-        shape = {"beam_width": 1, "successors": spec.n, "chunk_len": None}
+    if rule.name == "bon":
+        shape = {"beam_width": 1, "successors": rule.n, "chunk_len": None}
     else:
-        shape = {"beam_width": spec.beam_width, "successors": spec.successors, "chunk_len": spec.chunk_len}
+        shape = {"beam_width": rule.beam_width, "successors": rule.successors, "chunk_len": rule.chunk_len}
     stats: dict[str, Any] = {}
     results = chunk_beam_search(
-        large, base, expert, prompts, sampling=spec.sampling, batch_size=batch_size, stats=stats,
+        large, base, expert, prompts, sampling=sampling, batch_size=batch_size, stats=stats,
         on_batch=on_batch, **shape,
     )  # fmt: skip
     gens = [

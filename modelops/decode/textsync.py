@@ -67,16 +67,6 @@ def _common_prefix(a: Any, b: Any) -> int:
     return n
 
 
-def forget_last(runner: Runner, n: list[int]) -> None:
-    """Forget the last n[row] attended tokens of each row (see `Runner.rollback`)."""
-    runner.rollback(n)
-
-
-def prompt_text(member: Member, prompt: str) -> tuple[str, bool]:
-    """(rendered prompt text, add_special_tokens) such that tokenizing text+response extends `member.render`."""
-    return member.render_text(prompt)
-
-
 def shares_vocabulary(a: Any, b: Any) -> bool:
     """True when two tokenizers are interchangeable for token ids (the logit rules' check)."""
     from modelops.decode.vocab import VocabularyMismatch, check_shared_vocabulary
@@ -133,7 +123,7 @@ class SmallSide:
         self.last = self._logp(logits)
         self.streams = []
         for p, row in zip(prompts, ids, strict=True):
-            text, special = prompt_text(self.member, p)
+            text, special = self.member.render_text(p)
             self.streams.append(Stream(list(row), [None] * len(row), len(row), list(row), text, special))
 
     def select(self, rows: list[int]) -> None:
@@ -176,14 +166,14 @@ class SmallSide:
             feeds.append(tgt[start:])
             scored_from.append(0 if start == len(s.held) else 1)
             rollback.append(len(s.held) - start)
-        forget_last(self.runner, rollback)
+        self.runner.rollback(rollback)
         k = max(len(f) for f in feeds)
         full = self.last[:, None]  # (B, 1, V): position j of `full` predicts feed token j
         if k:
             ids, _ = left_pad([f + [self.pad_id] * (k - len(f)) for f in feeds], self.pad_id)
             out = self.runner.step(ids)  # (B, k, W)
             self.tokens_fed += sum(len(f) for f in feeds)
-            forget_last(self.runner, [k - len(f) for f in feeds])
+            self.runner.rollback([k - len(f) for f in feeds])
             full = torch.cat([full, self._logp(out)], dim=1)  # (B, k+1, V)
         lens = torch.tensor([len(f) for f in feeds], device=full.device)
         self.last = full[torch.arange(full.shape[0], device=full.device), lens]
