@@ -86,46 +86,56 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} TB"
 
 
-class ByteProgress:
-    """A rich progress bar over bytes written (stderr), or nothing when quiet."""
+class _Bar:
+    """A transient rich progress bar on stderr, or nothing when quiet; subclasses pick the columns."""
 
     def __init__(self, total: int, description: str, quiet: bool) -> None:
         self.total, self.description, self.quiet = total, description, quiet
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> ByteProgress:
+    def _columns(self) -> list[Any]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
         if not self.quiet:
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
+            from rich.progress import BarColumn, Progress, TextColumn
 
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
+            columns = [TextColumn("{task.description}"), BarColumn(), *self._columns()]
+            self._progress = Progress(*columns, console=Console(stderr=True), transient=True)
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=self.total)
         return self
 
-    def __call__(self, name: str, nbytes: int) -> None:
+    def advance(self, n: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=nbytes)
+            self._progress.update(self._task, advance=n)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class ByteProgress(_Bar):
+    """Bytes written, with speed and time left; called as progress(tensor_name, nbytes)."""
+
+    def _columns(self) -> list[Any]:
+        from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        return [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+
+    def __call__(self, name: str, nbytes: int) -> None:
+        self.advance(nbytes)
+
+
+class CountProgress(_Bar):
+    """Items done of a total (prompts, rows), with elapsed time."""
+
+    def _columns(self) -> list[Any]:
+        from rich.progress import MofNCompleteColumn, TimeElapsedColumn
+
+        return [MofNCompleteColumn(), TimeElapsedColumn()]
 
 
 def print_merge_result(result: Any) -> None:

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from modelops.cli.common import AllowPickle, Overwrite, Quiet, RecipeOpt, Threads, err, handle_errors, setup
+from modelops.cli.common import (
+    AllowPickle,
+    CountProgress,
+    Overwrite,
+    Quiet,
+    RecipeOpt,
+    Threads,
+    err,
+    handle_errors,
+    setup,
+)
 
 RULE_HELP = "eft | proxy | fixed | dlf | cbs | bon | single (large model alone)."
 
@@ -128,8 +138,13 @@ def register(app: typer.Typer) -> None:
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-        with _Progress(len(rows), "scoring" if score else f"decoding ({spec.rule})", quiet) as progress:
-            run = run_decode(decoder, spec, rows, batch_size=batch_size, score=score, on_batch=progress.advance)
+        try:
+            with CountProgress(len(rows), "scoring" if score else f"decoding ({spec.rule})", quiet) as progress:
+                run = run_decode(decoder, spec, rows, batch_size=batch_size, score=score, on_batch=progress.advance)
+        except BaseException:
+            if not quiet:
+                err("stopped; no results file was written")
+            raise
         write_jsonl(run.rows, out, inputs=[prompts], overwrite=overwrite)
         rate = f", {run.new_tokens / run.seconds:.1f} tokens/s" if run.new_tokens and run.seconds > 0 else ""
         extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in run.stats.items())
@@ -140,39 +155,3 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-class _Progress:
-    """rich progress over prompts (stderr), or nothing when quiet."""
-
-    def __init__(self, total: int, description: str, quiet: bool) -> None:
-        self.total, self.description, self.quiet = total, description, quiet
-        self._bar = None
-        self._task = None
-
-    def __enter__(self) -> _Progress:
-        if not self.quiet:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self.description, total=self.total)
-        return self
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-        if exc[0] is not None and not self.quiet:
-            err("stopped; no results file was written")
