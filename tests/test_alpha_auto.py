@@ -71,3 +71,21 @@ def test_alpha_auto_needs_an_eval_task(tmp_path):
         app, ["extrapolate", "--sft", str(sft), "--dpo", str(dpo), "--alpha", "x", "--out", str(tmp_path / "o")]
     )
     assert res.exit_code == 2 and "not a number" in res.output
+
+
+def test_reweighter_finds_a_tied_weight_saved_under_its_other_name(tmp_path):
+    from conftest import build_model, perturbed, save
+
+    from modelops.eval.alpha import Reweighter
+
+    sft = build_model(tie=True)  # save_pretrained stores only model.embed_tokens.weight
+    dpo = perturbed(sft, 5)
+    save(sft, tmp_path / "sft")
+    assert "lm_head.weight" not in load_file(tmp_path / "sft" / "model.safetensors")
+    before = {n: p.detach().clone() for n, p in dpo.named_parameters()}
+    Reweighter(dpo, str(tmp_path / "sft")).set_alpha(0.5)
+    ref = dict(sft.named_parameters())
+    for name, param in dpo.named_parameters():
+        expected = before[name] + 0.5 * (before[name] - ref[name].detach())
+        torch.testing.assert_close(param.detach(), expected)
+    assert dpo.lm_head.weight is dpo.model.embed_tokens.weight

@@ -54,9 +54,12 @@ class Reweighter:
 
         self.model = model
         self.params: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+        aliases: dict[int, list[str]] = {}  # a tied weight is one parameter under several names
+        for name, param in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(param), []).append(name)
         with Checkpoint.open(sft_spec, allow_pickle=allow_pickle) as sft:
             for name, param in model.named_parameters():
-                key = name if name in sft else _tied_alias(name, sft)
+                key = next((n for n in aliases[id(param)] if n in sft), None)
                 if key is None:
                     raise CheckpointError(
                         f"{sft_spec}: no tensor {name!r}, which the DPO model has; are they one family?"
@@ -79,14 +82,6 @@ class Reweighter:
     def set_alpha(self, alpha: float) -> None:
         for param, theta, delta in self.params:
             param.copy_(torch.add(theta, delta, alpha=alpha).to(param.dtype))
-
-
-def _tied_alias(name: str, ckpt: Any) -> str | None:
-    """A tied lm_head is often saved only as the embedding (and vice versa)."""
-    for a, b in (("lm_head.weight", "model.embed_tokens.weight"), ("model.embed_tokens.weight", "lm_head.weight")):
-        if name == a and b in ckpt:
-            return b
-    return None
 
 
 def alpha_sweep(
