@@ -39,14 +39,17 @@ def llama(hidden: int, layers: int, inter: int, vocab: int, seed: int):
 
 
 def tokenizer_for_vocab(n: int):
-    """A word-level tokenizer with exactly n tokens (no download): specials, then t0, t1, …"""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A word-level tokenizer with exactly n tokens (no download): specials 0-3, then w0, w1, …; `<s>` prepended,
+    decoding joins words with spaces. Shared by the decode benchmarks."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + [f"t{i}" for i in range(n - len(specials))])}
+    vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(n - len(specials))])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )

@@ -22,20 +22,6 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def tokenizer(n_words: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(n_words)])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-
-
 def llama(seed: int, hidden: int, layers: int, vocab: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -64,7 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     w, k, chunk = args.shape
-    tok = tokenizer(args.vocab - 4)
+    from bench_decode import tokenizer_for_vocab  # same folder: one tokenizer for the decode benchmarks
+
+    tok = tokenizer_for_vocab(args.vocab)
     large = llama(0, 384, 8, args.vocab)
     base = llama(1, 64, 2, args.vocab)
     expert = copy.deepcopy(base)

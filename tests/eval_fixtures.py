@@ -8,24 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-VOCAB = 96
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-def make_tokenizer() -> Any:
-    """Specials 0-3, then words w0…w91; `<s>` prepended; decode joins words with spaces."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + [f"w{i}" for i in range(VOCAB - len(SPECIALS))])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+from decode_fixtures import SPECIALS, VOCAB, make_tokenizer  # noqa: F401  (one tokenizer for the decode and eval tests)
 
 
 def llama_config(seed_std: float = 0.2) -> Any:
