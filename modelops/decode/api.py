@@ -38,18 +38,7 @@ def build_decoder(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> CoDecoder:
-    rule = FusionRule(
-        name=spec.rule,
-        weights=spec.weights,
-        gamma=spec.gamma,
-        alpha_grid=spec.alpha_grid,
-        alpha_bounds=spec.alpha_bounds,
-        beam_width=spec.beam_width,
-        successors=spec.successors,
-        chunk_len=spec.chunk_len,
-        n=spec.n,
-        speculative=spec.speculative,
-    )
+    rule = FusionRule.from_spec(spec, spec.rule)
     return CoDecoder.load(
         spec.large,
         spec.small_base if spec.rule != "single" else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -38,6 +38,15 @@ class FusionRule:
     chunk_len: int = 5  # cbs: L
     n: int = 16  # bon: N
     speculative: int = 0  # eft/proxy: the expert drafts this many tokens per round (0 = off)
+
+    @classmethod
+    def from_spec(cls, spec: Any, name: str, **overrides: Any) -> FusionRule:
+        """The rule described by any spec with FusionRule's field names (`DecodeSpec`, eval's `SystemSpec`);
+        fields the spec leaves None keep their defaults."""
+        values = {f.name: getattr(spec, f.name, None) for f in fields(cls) if f.name != "name"}
+        values.update(overrides)
+        kwargs = {k: list(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
+        return cls(name=name, **kwargs)
 
     def coefficients(self, n_experts: int) -> list[float] | None:
         """Fixed coefficients over [large, base, experts…]; None for the per-step rule (dlf)."""

@@ -69,9 +69,7 @@ class SystemSpec:
     def fusion_rule(self) -> Any:
         from modelops.decode.engine import FusionRule
 
-        extra: dict[str, Any] = {"alpha_grid": list(self.alpha_grid)} if self.alpha_grid else {}
-        extra.update({k: getattr(self, k) for k in SEARCH_KEYS})
-        return FusionRule(self.rule, list(self.weights), self.gamma, alpha_bounds=self.alpha_bounds, **extra)
+        return FusionRule.from_spec(self, self.rule, alpha_grid=self.alpha_grid or None)  # empty grid: the default
 
     def build(self, device: str = "cpu") -> Any:
         """The CoDecoder for this system (or the prebuilt one)."""
