@@ -223,7 +223,7 @@ def _speculative_line(roles: dict[str, str], limit: int | None, device: str, zoo
     sampling = SamplingConfig(max_new_tokens=16)
     members = (roles["large_sft_review"], roles["sft_review"], [roles["dpo_full"]])
     plain = CoDecoder.load(*members, FusionRule("eft"), device=device)
-    spec = CoDecoder.load(*members, FusionRule("eft", speculative=4), device=device)
+    spec = CoDecoder(plain.members, FusionRule("eft", speculative=4))  # the same loaded models
     rates = []
     for decoder in (plain, spec):
         start = time.perf_counter()
