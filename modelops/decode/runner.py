@@ -84,8 +84,7 @@ class Runner:
         return logits[:, 0] if single else logits
 
     def _embeddable(self, ids: torch.Tensor) -> torch.Tensor:
-        if int(ids.max()) < self.input_rows:
-            return ids
+        # no `ids.max()` test first: that would sync the device every step for a case that is rare
         return ids.masked_fill(ids >= self.input_rows, self.fallback_id)
 
     def select(self, rows: torch.Tensor) -> None:
