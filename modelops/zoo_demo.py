@@ -66,8 +66,8 @@ def run_zoo_demo(
     on_line: Callable[[DemoLine], None] | None = None,
 ) -> DemoReport:
     """Build (or reuse) the zoo, then run every operation and every ordering on it."""
-    from modelops.eval.tasks import zoo_roles
     from modelops.zoo.build import build_zoo
+    from modelops.zoo.resolve import zoo_roles
 
     start = time.perf_counter()
     t0 = time.perf_counter()

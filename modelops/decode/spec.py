@@ -177,7 +177,7 @@ def _resolve_zoo_roles(spec: DecodeSpec) -> None:
     models = [spec.large, spec.small_base, *spec.experts]
     if not any(isinstance(m, str) and m.startswith("zoo:") for m in models):
         return
-    from modelops.eval.tasks import resolve_model
+    from modelops.zoo.resolve import resolve_model
 
     spec.large = resolve_model(spec.large)
     spec.small_base = resolve_model(spec.small_base) if spec.small_base else None

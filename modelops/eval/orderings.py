@@ -15,7 +15,8 @@ from typing import Any
 
 from modelops.eval.harness import SystemSpec, evaluate
 from modelops.eval.report import TaskResult
-from modelops.eval.tasks import TaskSpec, zoo_roles, zoo_task
+from modelops.eval.tasks import TaskSpec, zoo_task
+from modelops.zoo.resolve import zoo_roles
 
 logger = logging.getLogger(__name__)
 

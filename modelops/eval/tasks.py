@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelops.errors import ModelopsError, RecipeError
+from modelops.errors import RecipeError
+from modelops.zoo.resolve import find_zoo, resolve_model, zoo_roles  # noqa: F401  (eval's public names)
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,6 @@ ZOO_TASKS = ("facts", "addition", "review")
 METRICS = ("exact", "choice", "reward", "rm")
 ZOO_UNFINISHED = " ..."  # the zoo reward counts a generation that did not stop as not fluent (zoo/scores.py)
 DEFAULT_MAX_NEW = 64
-_ANNOUNCED: set[Path] = set()
 
 
 @dataclass
@@ -58,54 +58,6 @@ class TaskSpec:
         from dataclasses import replace
 
         return replace(self, rows=self.rows[:limit])
-
-
-# ---- zoo resolution ----------------------------------------------------------------------------------------------
-def find_zoo(zoo: Path | str | None = None) -> Path:
-    """The zoo build to use: `zoo` if given, else the cached builds: newest full build, else newest mini build.
-
-    "Newest" is the manifest's `built_at`. Errors in one line when nothing is built.
-    """
-    from modelops.zoo.build import MANIFEST, list_zoos, zoo_root
-
-    if zoo is not None:
-        folder = Path(zoo).expanduser()
-        if not (folder / MANIFEST).is_file():
-            raise ModelopsError(f"--zoo {folder}: no {MANIFEST} there; run `modelops zoo build --out {folder}`")
-        return folder.resolve()
-    builds = [(d, m) for d, m in list_zoos() if m is not None]
-    if not builds:
-        raise ModelopsError(f"no zoo build found under {zoo_root()}; run `modelops zoo build` (or pass --zoo DIR)")
-    builds.sort(key=lambda dm: (dm[1].get("preset") == "full", dm[1].get("built_at", "")), reverse=True)
-    chosen = builds[0][0]
-    if chosen not in _ANNOUNCED:
-        _ANNOUNCED.add(chosen)
-        logger.info("using the zoo build %s (preset %s)", chosen, builds[0][1].get("preset"))
-    return chosen
-
-
-def zoo_roles(zoo: Path) -> dict[str, Path]:
-    """Role name → model folder: `small_base`, `sft_facts` (also `sft[facts]`), `dpo_full`, `large_sft_facts`…"""
-    from modelops.zoo.build import iter_models, load_manifest
-
-    roles: dict[str, Path] = {}
-    for name, meta in iter_models(load_manifest(zoo)):
-        roles[name] = zoo / meta["path"]
-        roles[meta["path"]] = zoo / meta["path"]
-    return roles
-
-
-def resolve_model(spec: str, zoo: Path | str | None = None) -> str:
-    """`zoo:ROLE` → the folder of that role in the zoo build; anything else is returned unchanged."""
-    if not spec.startswith("zoo:"):
-        return spec
-    folder = find_zoo(zoo)
-    roles = zoo_roles(folder)
-    role = spec[4:]
-    if role not in roles:
-        names = sorted(r for r in roles if "[" not in r)
-        raise RecipeError(f"{spec}: no role {role!r} in the zoo build {folder}; roles: {', '.join(names)}")
-    return str(roles[role])
 
 
 # ---- metrics from flags -------------------------------------------------------------------------------------------
