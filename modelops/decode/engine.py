@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from modelops.decode import rules
+from modelops.decode.dlf import DlfSearch, dlf_candidates
 from modelops.decode.loops import RowOutput, StopChecker, continuation_logprobs, lockstep_generate
 from modelops.decode.models import Member, load_causal_lm
 from modelops.decode.runner import Runner
@@ -66,11 +67,11 @@ class FusionRule:
             return None
         raise ModelopsError(f"unknown rule {self.name!r}; expected one of {', '.join(LOGIT_RULES)}")
 
-    def candidates(self, n_experts: int) -> torch.Tensor | None:
-        """DLF's candidate weight vectors (C, T); None for every other rule."""
+    def dlf_search(self, n_experts: int) -> DlfSearch | None:
+        """DLF's per-step search over its candidate weight vectors; None for every other rule."""
         if self.name != "dlf":
             return None
-        return rules.dlf_candidates(self.alpha_grid, n_experts, self.alpha_bounds)
+        return DlfSearch(dlf_candidates(self.alpha_grid, n_experts, self.alpha_bounds))
 
 
 @dataclass
@@ -102,7 +103,7 @@ class CoDecoder:
         if rule.alpha_bounds and len(rule.alpha_bounds) != self.n_experts:
             raise ModelopsError(f"--alpha-bounds: {len(rule.alpha_bounds)} given for {self.n_experts} experts")
         self.last_stats: dict[str, Any] = {}  # what the last generate() measured (acceptance rate, …)
-        self._candidates = rule.candidates(self.n_experts)
+        self._dlf = rule.dlf_search(self.n_experts)
         tokenizers = {m.spec if m.spec else m.role: m.tokenizer for m in members}
         # search rules (cbs/bon) work on text and may skip the check; the logit rules never do
         self.shared_vocabulary = len(members) == 1 or check_vocabulary
@@ -163,7 +164,7 @@ class CoDecoder:
                 "these models do not share a vocabulary, so their logits cannot be fused; use --rule cbs"
             )
         comps = aligned_components([x.to(self.device) for x in logits], self.width)
-        return rules.fuse_components(comps, self._coeffs, self._candidates)
+        return rules.fuse_components(comps, self._coeffs, self._dlf)
 
     def runners(self) -> list[Runner]:
         members = self.members if self.rule.name != "single" else self.members[:1]

@@ -40,7 +40,7 @@ class FusedLogitsProcessor(LogitsProcessor):
         self.width = check_shared_vocabulary({str(i): t for i, t in enumerate(tokenizers)}) if tokenizers else None
         self.runners = [Runner(small_base, "base"), *[Runner(m, "expert") for m in experts]]
         self.coefficients = self.rule.coefficients(len(experts))
-        self.candidates = self.rule.candidates(len(experts))
+        self.dlf = self.rule.dlf_search(len(experts))
         self.pad_token_id = pad_token_id
         self._fed = 0  # ids already given to the small models
         self.weights_trace: list[torch.Tensor] = []
@@ -55,7 +55,7 @@ class FusedLogitsProcessor(LogitsProcessor):
         self._fed = input_ids.shape[1]
         width = self.width or min(x.shape[-1] for x in [scores, *small])
         comps = aligned_components([scores.float(), *[s.to(scores.device) for s in small]], width)
-        fused, weights = rules.fuse_components(comps, self.coefficients, self.candidates)
+        fused, weights = rules.fuse_components(comps, self.coefficients, self.dlf)
         if weights is not None:
             self.weights_trace.append(weights.cpu())
         if fused.shape[-1] < scores.shape[-1]:  # rows that are not real tokens stay unreachable

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from modelops.transformers_compat import cache_keyword
+
 
 class Runner:
     """A model plus its decoding state. Logits come back as float32, one row per live batch row."""
@@ -23,6 +25,7 @@ class Runner:
         self.fallback_id = fallback_id
         self.device = next(model.parameters()).device
         self.width = int(model.get_output_embeddings().weight.shape[0])
+        self.cache_kw = cache_keyword(model)
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # (B, S) 1 = attend, 0 = padding or rolled-back slot
         self.next_pos: torch.Tensor | None = None  # (B,) position id of the next token per row
@@ -51,11 +54,10 @@ class Runner:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=0 if all_logits else 1,
-        )
-        self.cache = out.past_key_values
+            **{self.cache_kw: self.cache},
+        )  # the cache is filled in place
         self.mask = mask
         self.next_pos = mask.sum(-1)
         self.dense = bool(mask.all())
@@ -75,10 +77,9 @@ class Runner:
             input_ids=tokens,
             attention_mask=None if self.dense else self.mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_kw: self.cache},
         )
-        self.cache = out.past_key_values
         self.next_pos = self.next_pos + k
         logits = out.logits.float()
         return logits[:, 0] if single else logits

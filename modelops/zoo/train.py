@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from modelops.transformers_compat import cache_keyword
+
 logger = logging.getLogger(__name__)
 
 Tick = Callable[[float], None]  # called once per optimiser step with the step's loss
@@ -242,11 +244,15 @@ def generate(
 
     Returned continuations include the <eos> when one was produced.
     """
+    from transformers import DynamicCache
+
     out: list[list[int]] = []
     for b0 in range(0, len(prompts), batch):
         ids, mask = pad_batch(prompts[b0 : b0 + batch], pad_id, left=True)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        cache = DynamicCache(config=model.config)
+        kw = cache_keyword(model)
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
         rows: list[list[int]] = [[] for _ in range(len(ids))]
         done = torch.zeros(len(ids), dtype=torch.bool)
         for _ in range(max_new):
@@ -264,7 +270,7 @@ def generate(
             pos = pos[:, -1:] + 1
             res = model(
                 input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=pos,
-                past_key_values=res.past_key_values, use_cache=True,
+                use_cache=True, **{kw: cache},
             )  # fmt: skip
         out.extend(rows)
     return out

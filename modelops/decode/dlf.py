@@ -1,0 +1,288 @@
+"""Dynamic logit fusion's per-step weight search (METHODS.md §2.3): the grid's exact argmin in a few passes.
+
+For candidate α·e_t the fused distribution is a tilt of P by d_t = z_t − z_S−: P̃_α ∝ P·e^{α d_t}. With μ = E_P[d]
+and A(α) = log E_P[e^{α(d − μ)}], both KLs of the objective come from that one curve:
+
+    g(α) = KL(P‖P̃_α) = A(α),    f(α) = KL(P̃_α‖P) = α A'(α) − A(α),
+
+both 0 at α = 0 and non-decreasing in |α| (f' = α·Var_α(d), g' = ∫₀^α Var_s(d) ds). Along one direction (an
+expert and a sign of α) the objective Σ_t' (f − a_t')² + (g − b_t')² = T[(f − ā)² + (g − b̄)²] + const therefore
+cannot fall further out once f ≥ ā and g ≥ b̄ ("above"), nor further in once f ≤ ā and g ≤ b̄ ("below"). The
+search evaluates the two grid points around the second-order guess |α̂| = √((ā + b̄) / Var_P(d)) and widens only
+where those certificates fail; every grid point between the last "below" and the first "above" is evaluated.
+Two evaluations per row and direction usually replace the whole grid, and the argmin is the grid's own.
+
+Cost: every normaliser, mean and second moment comes from one batched matmul of the shifted exponentials
+[P, Q, Q_1…] against [1, d_1…, d_1²…], and each evaluation from one matmul of e^{log P + α d} against [1, d…];
+rows go in blocks small enough that a block's buffers stay in CPU cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_ELEMS = 1 << 16  # about this many floats per (rows, V) buffer of a block
+TINY = 1e-30  # a tilted row sum below this has lost its terms to underflow
+SAFE_TOP = 40.0  # larger logits are shifted before the tilts are exponentiated
+
+
+def dlf_candidates(grid: list[float], n_experts: int, bounds: list[tuple[float, float]] | None = None) -> torch.Tensor:
+    """Candidate weight vectors (C, T): one expert active per candidate, ordered by α then expert.
+
+    The order makes `argmin`'s first-minimum rule pick the smallest α on ties. α = 0 appears once.
+    """
+    rows: list[list[float]] = []
+    for alpha in sorted(set(float(a) for a in grid)):
+        if alpha == 0.0:
+            rows.append([0.0] * n_experts)
+            continue
+        for t in range(n_experts):
+            lo, hi = bounds[t] if bounds else (-float("inf"), float("inf"))
+            if lo <= alpha <= hi:
+                row = [0.0] * n_experts
+                row[t] = alpha
+                rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@dataclass
+class _Direction:
+    """The candidates of one expert and one sign of α, ordered by |α|."""
+
+    expert: int
+    sign: float
+    magnitudes: list[float]
+    columns: list[int]  # candidate index of each magnitude
+
+
+def _directions(candidates: torch.Tensor) -> list[_Direction]:
+    found: dict[tuple[int, float], list[tuple[float, int]]] = {}
+    for c, row in enumerate(candidates.tolist()):
+        for t, value in enumerate(row):
+            if value != 0.0:
+                found.setdefault((t, math.copysign(1.0, value)), []).append((abs(value), c))
+    out = []
+    for (t, sign), pairs in sorted(found.items()):
+        pairs.sort()
+        out.append(_Direction(t, sign, [m for m, _ in pairs], [c for _, c in pairs]))
+    return out
+
+
+class _Workspace:
+    """Buffers kept between steps: fresh multi-MB allocations would page-fault on every step."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, ones_row: bool = False) -> torch.Tensor:
+        """A (rows, …) buffer, reused while it is large enough; `ones_row`: [:, 0] holds ones."""
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:] or buf.device != like.device:
+            buf = torch.empty(shape, dtype=torch.float32, device=like.device)
+            if ones_row:
+                buf[:, 0].fill_(1.0)
+            self.buffers[name] = buf
+        return buf[: shape[0]]
+
+
+class _Moments:
+    """Per-row scalars of the search, in float64, from the matmul of the exponentials with [1, d…, d²…]."""
+
+    def __init__(self, sums: torch.Tensor, tops: torch.Tensor, n_exp: int) -> None:
+        sums, tops = sums.double(), tops.double()  # (B, 2 + T, 1 + 2T), (B, 2 + T)
+        norm = sums[:, :, 0]  # Σ e^{z − max z} of [large, base, experts…]
+        lse = norm.log() + tops
+        cols = torch.arange(1, 1 + n_exp)
+        shift = lse[:, 2:] - lse[:, 1:2]  # (B, T): log Q_t − log Q = d_t − shift_t
+        self.target_fwd = sums[:, 1 + cols, cols] / norm[:, 2:] - shift  # KL(Q_t‖Q)
+        self.target_bwd = shift - sums[:, 1, cols] / norm[:, 1:2]  # KL(Q‖Q_t)
+        self.mean = sums[:, 0, cols] / norm[:, :1]  # (B, T): E_P[d_t]
+        self.var = (sums[:, 0, cols + n_exp] / norm[:, :1] - self.mean**2).clamp_min(0.0)
+        self.lse_large = lse[:, 0]  # log Σ e^{z_L}
+        self.fwd_bar, self.bwd_bar = self.target_fwd.mean(-1), self.target_bwd.mean(-1)  # (B,)
+
+    def kls(self, t: int, rows: torch.Tensor, alpha: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor):
+        """(f, g) along expert t from Σw and Σw·d_t of w = e^{z_L + α d_t − shift}."""
+        sums, alpha = sums.double(), alpha.double()
+        log_ratio = sums[:, 0].log() + shift.double() - self.lse_large[rows]  # log E_P[e^{α d}]
+        g = log_ratio - alpha * self.mean[rows, t]  # A(α)
+        f = alpha * (sums[:, 1] / sums[:, 0]) - log_ratio
+        return f, g
+
+    def objective(self, rows: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Σ_t' (f − a_t')² + (g − b_t')² per evaluated point."""
+        return ((f[:, None] - self.target_fwd[rows]) ** 2 + (g[:, None] - self.target_bwd[rows]) ** 2).sum(-1)
+
+
+class DlfSearch:
+    """DLF's per-step search over one candidate set (`dlf_candidates`); keep one per decode and call it each step."""
+
+    def __init__(self, candidates: torch.Tensor, block_rows: int | None = None) -> None:
+        self.candidates = candidates
+        self.directions = _directions(candidates)
+        zero = [c for c, row in enumerate(candidates.tolist()) if not any(row)]
+        self.zero_column = zero[0] if zero else None
+        self.block_rows = block_rows
+        self.workspace = _Workspace()
+
+    def __call__(
+        self, large: torch.Tensor, base: torch.Tensor, experts: list[torch.Tensor], fuse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(weights (B, T), objective (B, C), fused logits z_L + α(z_t − z_S−) (B, V) if `fuse`, else None).
+
+        Candidates the certificates rule out without evaluating them get objective +inf; ties go to the first
+        candidate (the smallest α).
+        """
+        comps = [large.float(), base.float(), *[e.float() for e in experts]]
+        n_rows, width, n_exp = comps[0].shape[0], comps[0].shape[-1], len(experts)
+        step = self.block_rows or max(1, BLOCK_ELEMS // width)
+        values = self.workspace.get("values", (n_rows, 1 + 2 * n_exp, width), comps[0], ones_row=True)
+        sums = comps[0].new_empty(n_rows, 2 + n_exp, 1 + 2 * n_exp)
+        tops = comps[0].new_empty(n_rows, 2 + n_exp, 1)
+        for lo in range(0, n_rows, step):
+            sl = slice(lo, lo + step)
+            self._moments_block([z[sl] for z in comps], values[sl], sums[sl], tops[sl])
+        if not bool(torch.isfinite(sums).all()):  # an infinite logit: its delta counts as 0 (METHODS.md §2.1)
+            values[:, 1 : 1 + n_exp].nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            torch.mul(values[:, 1 : 1 + n_exp], values[:, 1 : 1 + n_exp], out=values[:, 1 + n_exp :])
+            expo = torch.stack(comps, 1).sub_(tops).exp_()
+            torch.bmm(expo, values.transpose(1, 2), out=sums)
+        stats = _Moments(sums, tops[..., 0], n_exp)
+        large = comps[0]
+        if not bool((tops[:, 0].abs() <= SAFE_TOP).all()):  # keep e^{z_L + α d} inside float32's range
+            large = large - tops[:, 0]
+            stats.lse_large = stats.lse_large - tops[:, 0, 0].double()
+
+        cand = self.candidates.to(comps[0].device)
+        objective = torch.full((n_rows, len(cand)), float("inf"), dtype=torch.float64, device=cand.device)
+        if self.zero_column is not None:  # α = 0: P̃ = P, both KLs 0
+            objective[:, self.zero_column] = (stats.target_fwd**2 + stats.target_bwd**2).sum(-1)
+        for direction in self.directions:
+            _search_direction(large, values, stats, direction, objective, step, self.workspace)
+        weights = cand[objective.argmin(-1)]  # first minimum = smallest α on ties
+        fused = None
+        if fuse:
+            fused = comps[0].clone()
+            for t in range(n_exp):
+                if bool(weights[:, t].ne(0).any()):  # d_t is finite: a row whose weight is 0 gets 0 added
+                    fused.addcmul_(weights[:, t : t + 1], values[:, 1 + t])
+        return weights, objective.float(), fused
+
+    def _moments_block(self, comps: list[torch.Tensor], values: torch.Tensor, out: torch.Tensor, tops) -> None:
+        """One block: [1, d…, d²…] into `values`, the exponentials' matmul with it into `out`, maxima into `tops`.
+
+        The block's logits are stacked into a small reused buffer, so every pass after the first stays in cache.
+        """
+        n_exp = len(comps) - 2
+        expo = self.workspace.get("exp", (comps[0].shape[0], len(comps), comps[0].shape[-1]), comps[0])
+        torch.stack(comps, 1, out=expo)  # (b, 2 + T, V)
+        torch.amax(expo, -1, keepdim=True, out=tops)
+        torch.sub(expo[:, 2:], expo[:, 1:2], out=values[:, 1 : 1 + n_exp])  # d_t = z_t − z_S−
+        torch.mul(values[:, 1 : 1 + n_exp], values[:, 1 : 1 + n_exp], out=values[:, 1 + n_exp :])
+        torch.bmm(expo.sub_(tops).exp_(), values.transpose(1, 2), out=out)
+
+
+def _search_direction(
+    large: torch.Tensor,
+    values: torch.Tensor,
+    stats: _Moments,
+    direction: _Direction,
+    objective: torch.Tensor,
+    step: int,
+    workspace: _Workspace,
+) -> None:
+    """Fill `objective` at every grid point of this direction that could be a row's minimum (see the module doc)."""
+    t, mags, n = direction.expert, direction.magnitudes, len(direction.magnitudes)
+    device, n_rows, n_exp = large.device, large.shape[0], (values.shape[1] - 1) // 2
+    mags_t = torch.tensor(mags, dtype=torch.float64, device=device)
+    guess = ((stats.fwd_bar + stats.bwd_bar).clamp_min(0.0) / stats.var[:, t]).sqrt().nan_to_num_(0.0)
+    lo = torch.searchsorted(mags_t, guess, right=True) - 1  # (B,), −1 stands for α = 0, always "below"
+    hi = lo + 1  # n: past the end, always "above"
+    pair = torch.stack([lo.clamp(0, n - 1), hi.clamp(0, n - 1)], -1)  # (B, 2) grid indices evaluated first
+    alpha = (mags_t[pair] * direction.sign).float()  # (B, 2)
+    vals = values[:, : 1 + n_exp]  # [1, d_1…]: Σw and Σw·d_t in one matmul
+    sums = large.new_empty(n_rows, 2, 1 + n_exp)
+    x_buf = workspace.get("tilted", (min(step, n_rows), 2, large.shape[-1]), large)
+    for lo_row in range(0, n_rows, step):  # e^{z_L + α d_t} for both points of every row, block by block
+        sl = slice(lo_row, lo_row + step)
+        z = large[sl]
+        x = torch.addcmul(z[:, None], alpha[sl, :, None], values[sl, 1 + t : 2 + t], out=x_buf[: z.shape[0]])
+        torch.bmm(x.exp_(), vals[sl].transpose(1, 2), out=sums[sl])
+    rows = torch.arange(n_rows, device=device).repeat_interleave(2)
+    flat_alpha, flat_sums = alpha.reshape(-1), sums.reshape(-1, 1 + n_exp)[:, [0, 1 + t]]
+    shift = torch.zeros_like(flat_alpha)
+    bad = ~(torch.isfinite(flat_sums[:, 0]) & (flat_sums[:, 0] > TINY))
+    if bool(bad.any()):  # an exponent overflowed or every term underflowed: redo those with the exact shift
+        idx = torch.nonzero(bad)[:, 0]
+        flat_sums[idx], shift[idx] = _evaluate_shifted(large, values, t, rows[idx], flat_alpha[idx])
+    f, g = stats.kls(t, rows, flat_alpha, flat_sums, shift)
+    cols = torch.tensor(direction.columns, device=device)[pair.reshape(-1)]
+    objective[rows, cols] = stats.objective(rows, f, g)
+    f, g = f.view(n_rows, 2), g.view(n_rows, 2)
+    fb, gb = stats.fwd_bar, stats.bwd_bar
+    below = (lo < 0) | ((f[:, 0] <= fb) & (g[:, 0] <= gb))
+    above = (hi >= n) | ((f[:, 1] >= fb) & (g[:, 1] >= gb))
+    unsure = torch.nonzero(~(below & above))[:, 0].tolist()
+    if unsure:
+        _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, g)
+
+
+def _evaluate_shifted(
+    large: torch.Tensor, values: torch.Tensor, t: int, rows: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σw, Σw·d_t) and the shift, for one point per row, with w = e^{z_L + α d_t − shift}, shift = its max."""
+    vals = values[rows, : 1 + (values.shape[1] - 1) // 2]  # (k, 1 + T, V)
+    x = torch.addcmul(large[rows], alpha[:, None], vals[:, 1 + t])
+    shift = x.amax(-1)
+    x = x.sub_(shift[:, None]).exp_()
+    sums = torch.bmm(x[:, None], vals.transpose(1, 2))[:, 0]  # (k, 1 + T)
+    return sums[:, [0, 1 + t]], shift
+
+
+def _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, g) -> None:
+    """Rows whose first bracket is not certified: move each bracket outward one grid point at a time."""
+    t, mags, n = direction.expert, direction.magnitudes, len(direction.magnitudes)
+    fb, gb = stats.fwd_bar.tolist(), stats.bwd_bar.tolist()
+    lo_l, hi_l, pair_l, f_l, g_l = lo.tolist(), hi.tolist(), pair.tolist(), f.tolist(), g.tolist()
+    f_at = {r: {pair_l[r][k]: f_l[r][k] for k in range(2)} for r in unsure}
+    g_at = {r: {pair_l[r][k]: g_l[r][k] for k in range(2)} for r in unsure}
+    while True:
+        want = [(r, j) for r in unsure for j in _wanted(r, lo_l, hi_l, f_at[r], g_at[r], fb[r], gb[r], n)]
+        if not want:
+            return
+        rows = torch.tensor([r for r, _ in want], device=large.device)
+        alpha = torch.tensor([direction.sign * mags[j] for _, j in want], device=large.device)
+        sums, shift = _evaluate_shifted(large, values, t, rows, alpha)
+        fv, gv = stats.kls(t, rows, alpha, sums, shift)
+        cols = torch.tensor([direction.columns[j] for _, j in want], device=large.device)
+        objective[rows, cols] = stats.objective(rows, fv, gv)
+        for (r, j), fr, gr in zip(want, fv.tolist(), gv.tolist(), strict=True):
+            f_at[r][j], g_at[r][j] = fr, gr
+
+
+def _wanted(
+    r: int, lo: list[int], hi: list[int], f: dict[int, float], g: dict[int, float], fb: float, gb: float, n: int
+) -> list[int]:
+    """The grid indices row r still needs; moves its bracket [lo, hi] outward while a certificate fails."""
+    while True:
+        need = [j for j in (lo[r], hi[r]) if 0 <= j < n and j not in f]
+        if need:
+            return need
+        if lo[r] >= 0 and not (f[lo[r]] <= fb and g[lo[r]] <= gb):
+            lo[r] -= 1  # not yet below both targets: a smaller |α| may be better
+            continue
+        if hi[r] < n and not (f[hi[r]] >= fb and g[hi[r]] >= gb):
+            hi[r] += 1  # not yet above both targets: a larger |α| may be better
+            continue
+        return [j for j in range(lo[r] + 1, hi[r]) if j not in f]
+
+
+def dlf_weights(
+    large: torch.Tensor, base: torch.Tensor, experts: list[torch.Tensor], candidates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the candidate weight vector minimising DLF's objective: (weights (B, T), objective (B, C))."""
+    weights, objective, _ = DlfSearch(candidates)(large, base, experts)
+    return weights, objective

@@ -1,0 +1,173 @@
+"""DLF's weight search against the objective computed candidate by candidate with explicit float64 softmaxes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelops.decode.dlf import DlfSearch, dlf_candidates, dlf_weights
+
+UNIFORM = [round(0.1 * i, 1) for i in range(21)]
+RAGGED = [-1.0, -0.6, -0.3, 0.0, 0.2, 0.5, 0.9, 1.4, 2.0, 3.0]
+
+
+def randn(seed: int, rows: int, vocab: int, scale: float) -> torch.Tensor:
+    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def naive_objectives(zl: torch.Tensor, zb: torch.Tensor, experts: list[torch.Tensor], cands: torch.Tensor):
+    """(C,) objective of every candidate for one row: softmaxes and KLs written out, in float64."""
+    lp, lq = torch.log_softmax(zl.double(), -1), torch.log_softmax(zb.double(), -1)
+
+    def kl(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+        return (la.exp() * (la - lb)).sum()
+
+    targets = []
+    for z in experts:
+        lt = torch.log_softmax(z.double(), -1)
+        targets.append((kl(lt, lq), kl(lq, lt)))
+    out = []
+    for cand in cands.double():
+        fused = zl.double() + sum(c * (z.double() - zb.double()) for c, z in zip(cand, experts, strict=True))
+        lpt = torch.log_softmax(fused, -1)
+        k1, k2 = kl(lpt, lp), kl(lp, lpt)
+        out.append(sum((k1 - a) ** 2 + (k2 - b) ** 2 for a, b in targets))
+    return torch.stack(out)
+
+
+def assert_matches_naive(zl, zb, experts, cands, weights, objective) -> int:
+    """Every row's choice is a naive argmin (first on ties), and every evaluated objective is the naive one.
+
+    Returns the largest number of candidates evaluated for one row."""
+    most = 0
+    for r in range(zl.shape[0]):
+        naive = naive_objectives(zl[r], zb[r], [e[r] for e in experts], cands)
+        chosen = int(torch.nonzero((cands == weights[r]).all(-1))[0])
+        best = float(naive.min())
+        assert float(naive[chosen]) <= best * (1 + 1e-5) + 1e-10, (r, chosen, int(naive.argmin()))
+        seen = torch.isfinite(objective[r])
+        most = max(most, int(seen.sum()))
+        torch.testing.assert_close(objective[r][seen].double(), naive[seen], rtol=1e-3, atol=1e-6)
+        # a candidate never evaluated was ruled out by a certificate: it is never strictly better
+        unseen = naive[~seen]
+        assert not unseen.numel() or float(unseen.min()) >= best * (1 - 1e-5) - 1e-10
+    return most
+
+
+@pytest.mark.parametrize("n_experts", [1, 2, 3])
+@pytest.mark.parametrize("grid", [UNIFORM, RAGGED], ids=["uniform", "ragged"])
+def test_search_equals_the_candidate_by_candidate_objective(n_experts, grid):
+    rows, vocab = 24, 60
+    for seed in range(3):
+        zl, zb = randn(seed, rows, vocab, 2.0), randn(seed + 100, rows, vocab, 2.0)
+        experts = [zb + randn(seed + 200 + t, rows, vocab, 0.3 + 0.4 * t) for t in range(n_experts)]
+        cands = dlf_candidates(grid, n_experts)
+        weights, objective = dlf_weights(zl, zb, experts, cands)
+        assert weights.shape == (rows, n_experts) and objective.shape == (rows, len(cands))
+        assert ((weights != 0).sum(-1) <= 1).all()  # one expert active per step
+        assert_matches_naive(zl, zb, experts, cands, weights, objective)
+
+
+def test_rows_whose_first_bracket_is_not_certified_are_widened():
+    # the large model far from the small base: the second-order guess misses for many rows
+    rows, vocab = 64, 40
+    zl, zb = randn(1, rows, vocab, 4.0), randn(2, rows, vocab, 1.0)
+    experts = [zb + randn(3, rows, vocab, 1.5)]
+    cands = dlf_candidates(UNIFORM, 1)
+    weights, objective = dlf_weights(zl, zb, experts, cands)
+    most = assert_matches_naive(zl, zb, experts, cands, weights, objective)
+    assert most > 3  # α = 0 and the two first points: some row needed more
+
+
+def test_picks_alpha_one_when_large_equals_small_base():
+    # P = Q, so α = 1 makes P̃ = Q+ exactly and both squared terms vanish
+    zb = randn(0, 4, 50, 2.0)
+    ze = zb + randn(1, 4, 50, 1.0)
+    weights, objective = dlf_weights(zb.clone(), zb, [ze], dlf_candidates(UNIFORM, 1))
+    assert torch.allclose(weights[:, 0], torch.ones(4))
+    assert objective.min(-1).values.max().item() < 1e-6
+
+
+def test_picks_zero_when_the_experts_are_the_small_base_and_ties_go_to_the_smallest_alpha():
+    zl, zb = randn(0, 4, 50, 3.0), randn(1, 4, 50, 3.0)
+    weights, objective = dlf_weights(zl, zb, [zb.clone(), zb.clone()], dlf_candidates(UNIFORM, 2))
+    assert torch.equal(weights, torch.zeros(4, 2))
+    assert objective[:, 0].abs().max().item() < 1e-9
+
+
+def test_bounds_restrict_each_expert():
+    cands = dlf_candidates(UNIFORM, 2, bounds=[(0.0, 0.5), (1.0, 2.0)])
+    first, second = cands[:, 0], cands[:, 1]
+    assert first.max().item() == pytest.approx(0.5) and second[second > 0].min().item() == pytest.approx(1.0)
+    assert ((first > 0) & (second > 0)).sum() == 0  # one expert active per candidate
+    assert cands[0].abs().sum() == 0  # α = 0 first
+    zl, zb = randn(5, 16, 50, 2.0), randn(6, 16, 50, 2.0)
+    experts = [zb + randn(7, 16, 50, 0.5), zb + randn(8, 16, 50, 0.9)]
+    weights, objective = dlf_weights(zl, zb, experts, cands)
+    assert weights[:, 0].max() <= 0.5 and ((weights[:, 1] == 0) | (weights[:, 1] >= 1.0)).all()
+    assert_matches_naive(zl, zb, experts, cands, weights, objective)
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0, -300.0])
+def test_peaked_rows_and_huge_logits_keep_the_exact_answer(offset):
+    # scale 40: most tokens are e^-100 below the best one (tilted sums underflow or overflow without care);
+    # an offset of ±300 on the raw logits would overflow or underflow e^{z} itself
+    zl, zb = randn(0, 6, 50, 40.0) + offset, randn(1, 6, 50, 40.0)
+    experts = [zb + randn(2, 6, 50, 1.0)]
+    cands = dlf_candidates(RAGGED, 1)
+    weights, objective = dlf_weights(zl, zb, experts, cands)
+    assert torch.isfinite(weights).all()
+    assert_matches_naive(zl - offset, zb, experts, cands, weights, objective)
+
+
+def test_padding_columns_of_the_large_model_and_infinite_small_logits():
+    zl, zb = randn(0, 4, 50, 2.0), randn(1, 4, 50, 2.0)
+    ze = zb + randn(2, 4, 50, 0.5)
+    zl[:, -3:] = float("-inf")  # not tokens of the large model (aligned_components pads with −inf)
+    search = DlfSearch(dlf_candidates(UNIFORM, 1))
+    weights, _, fused = search(zl, zb, [ze], fuse=True)
+    ref_w, ref_obj = dlf_weights(zl[:, :-3], zb[:, :-3] + 0.0, [ze[:, :-3]], dlf_candidates(UNIFORM, 1))
+    # the large model puts no mass on the padding, so those columns change nothing but the small normalisers
+    assert torch.isfinite(fused[:, :-3]).all() and torch.isneginf(fused[:, -3:]).all()
+    broken_base, broken_expert = zb.clone(), ze.clone()
+    broken_base[:, 0] = float("-inf")
+    broken_expert[:, 0] = float("-inf")  # −inf − (−inf) = NaN: the delta there counts as 0
+    weights, objective, fused = search(zl, broken_base, [broken_expert], fuse=True)
+    assert torch.isfinite(weights).all() and not torch.isnan(fused).any()
+    assert ref_w.shape == weights.shape and ref_obj.shape == objective.shape
+
+
+def test_fused_logits_are_the_rule_with_each_rows_weight():
+    zl, zb = randn(0, 5, 50, 2.0), randn(1, 5, 50, 2.0)
+    experts = [zb + randn(2, 5, 50, 0.5), zb + randn(3, 5, 50, 0.8)]
+    weights, _, fused = DlfSearch(dlf_candidates(UNIFORM, 2))(zl, zb, experts, fuse=True)
+    expected = zl + sum(weights[:, t : t + 1] * (experts[t] - zb) for t in range(2))
+    torch.testing.assert_close(torch.log_softmax(fused, -1), torch.log_softmax(expected, -1))
+
+
+def test_blocks_and_reused_buffers_give_the_same_answer():
+    zl, zb = randn(0, 7, 300, 2.0), randn(1, 7, 300, 2.0)
+    experts = [zb + randn(2, 7, 300, 0.5)]
+    cands = dlf_candidates(RAGGED, 1)
+    one_block, obj_one, _ = DlfSearch(cands, block_rows=7)(zl, zb, experts)
+    reused = DlfSearch(cands, block_rows=3)  # blocks of 3, 3 and 1; the same buffers for every call
+    for rows in (slice(0, 7), slice(2, 4), slice(0, 7)):
+        weights, objective, _ = reused(zl[rows], zb[rows], [e[rows] for e in experts])
+        assert torch.equal(weights, one_block[rows])
+        torch.testing.assert_close(objective, obj_one[rows])
+
+
+def test_a_tilt_whose_every_term_underflows_is_recomputed_with_its_own_shift():
+    # P sits on token 0, which the expert pushes down by 60 nats: e^{z_L + α d} is below float32's range for
+    # every token at α = 2, so that point must be re-evaluated with the row's own maximum as the shift
+    vocab = 30
+    zl = torch.full((1, vocab), -110.0)
+    zl[0, 0] = 0.0
+    zb = torch.zeros(1, vocab)
+    ze = zb.clone()
+    ze[0, 0] = -60.0
+    ze[0, 1:] = -torch.linspace(0.0, 5.0, vocab - 1)
+    cands = dlf_candidates([0.0, 1.0, 2.0], 1)
+    weights, objective = dlf_weights(zl, zb, [ze], cands)
+    assert torch.isfinite(objective).any()
+    assert_matches_naive(zl, zb, [ze], cands, weights, objective)
