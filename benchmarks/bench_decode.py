@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_decode.py            # ~40M large, ~4M smalls, vocab 32000
 
 From-config Llamas (no download). Greedy, --new-tokens tokens, no early stop, at batch 1 and 16, all in one run:
-- floor: each model's own greedy loop with its KV cache (prefill, then one cached forward + argmax per token);
+- floor: each model's own greedy loop with its KV cache (prefill, then one cached forward + argmax per token),
+  with transformers' DynamicCache, and again with modelops' in-place cache (the one the co-decoder uses);
 - interleaved: the same three loops, one step of each in turn, nothing fused (the cost of alternating alone);
 - naive: a lock-step loop that log-softmaxes every model every step and combines the three log-probs;
 - modelops: `CoDecoder.generate` with the EFT rule (and DLF), i.e. what `modelops fuse-decode` runs.
@@ -63,13 +64,15 @@ def n_params(model) -> float:
 
 
 @torch.inference_mode()
-def own_decode(model, ids: torch.Tensor, new_tokens: int) -> float:
-    """The floor: one model's cached greedy loop."""
+def own_decode(model, ids: torch.Tensor, new_tokens: int, growing: bool = False) -> float:
+    """The floor: one model's cached greedy loop (transformers' DynamicCache, or modelops' in-place one)."""
     from transformers import DynamicCache
+
+    from modelops.decode.kvcache import growing_cache
 
     kw = cache_keyword(model)
     start = time.perf_counter()
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model) if growing else DynamicCache(config=model.config)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache})
     tok = out.logits[:, -1].argmax(-1, keepdim=True)
     for _ in range(new_tokens - 1):
@@ -215,6 +218,9 @@ def main() -> None:
             "large": (own_decode, (large, ids, n)),
             "base": (own_decode, (base, ids, n)),
             "expert": (own_decode, (expert, ids, n)),
+            "large_g": (own_decode, (large, ids, n, True)),
+            "base_g": (own_decode, (base, ids, n, True)),
+            "expert_g": (own_decode, (expert, ids, n, True)),
             "interl": (interleaved_own, (trio, ids, n)),
             "naive": (naive_lockstep, (trio, ids, n)),
             "eft": (fused_decode, (eft, rows, n)),
@@ -228,10 +234,15 @@ def main() -> None:
                 best[name] = min(best[name], fn(*fn_args))
             search_best = min(search_best, search_time.total)
         floor = best["large"] + best["base"] + best["expert"]
+        floor_g = best["large_g"] + best["base_g"] + best["expert_g"]
         print(
             f"{batch:>5} {floor:>8.2f} {best['interl']:>8.2f} {best['naive']:>8.2f} {best['eft']:>8.2f} "
             f"{best['dlf']:>8.2f} {best['interl'] / floor:>12.3f} {best['naive'] / floor:>11.3f} "
             f"{best['eft'] / floor:>9.3f} {best['dlf'] / floor:>9.3f}"
+        )
+        print(
+            f"      floor with modelops' in-place KV cache in each model's own loop: {floor_g:.2f} s; "
+            f"eft / that floor {best['eft'] / floor_g:.3f}, dlf / that floor {best['dlf'] / floor_g:.3f}"
         )
         step = best["eft"] / n
         batched, loop, _ = dlf_cost(batch, args.vocab, reps=20)

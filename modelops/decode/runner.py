@@ -1,8 +1,9 @@
 """One causal LM with its own KV cache, attention mask and positions.
 
-The only module of the co-decoder that touches transformers' `Cache` API. Rows are left-padded; every row keeps
-its own next position, so rows can be dropped (`select`), duplicated for beams (`select` with repeats), and
-rolled back by a different number of tokens each (`rollback`), which speculative decoding needs.
+With `kvcache` (its cache layer), the only module of the co-decoder that touches transformers' `Cache` API.
+Rows are left-padded; every row keeps its own next position, so rows can be dropped (`select`), duplicated for
+beams (`select` with repeats), and rolled back by a different number of tokens each (`rollback`), which
+speculative decoding needs.
 """
 
 from __future__ import annotations
@@ -36,12 +37,9 @@ class Runner:
         return 0 if self.mask is None else int(self.mask.shape[0])
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
+        from modelops.decode.kvcache import growing_cache
 
-        try:
-            return DynamicCache(config=self.model.config)
-        except TypeError:  # older signatures
-            return DynamicCache()
+        return growing_cache(self.model)
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_logits: bool = False) -> torch.Tensor:

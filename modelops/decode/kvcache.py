@@ -1,0 +1,96 @@
+"""A KV cache layer that appends in place: transformers' `DynamicLayer` copies the whole cache every token.
+
+`DynamicLayer.update` is `torch.cat([keys, new])`, so each decoded token rewrites every cached key and value and
+allocates a fresh tensor for it; with several models decoding in lock-step those allocations keep landing on cold
+memory (measured: the concatenations took 28% of a fused batch-16 decode, against 9% of one model's own loop).
+`GrowingLayer` keeps keys and values in buffers with spare room (doubling, like a vector) and hands attention the
+same `[batch, heads, length, head_dim]` views, so appending costs one write of the new token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+MIN_ROOM = 64  # tokens of spare room a buffer starts with
+
+
+class GrowingLayer(DynamicLayer):
+    """`DynamicLayer` semantics (crop, row selection, beam reorder) over buffers that grow by doubling."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.length = 0
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self._reserve(key_states, value_states, end)
+        assert self._keys is not None and self._values is not None
+        self._keys[..., self.length : end, :] = key_states
+        self._values[..., self.length : end, :] = value_states
+        self._set_length(end)
+        return self.keys, self.values
+
+    def _reserve(self, key_states: torch.Tensor, value_states: torch.Tensor, end: int) -> None:
+        room = 0 if self._keys is None else self._keys.shape[-2]
+        if end <= room and self._keys is not None and self._keys.shape[0] == key_states.shape[0]:
+            return
+        size = max(end + MIN_ROOM, 2 * room)
+        keys = key_states.new_empty((*key_states.shape[:-2], size, key_states.shape[-1]))
+        values = value_states.new_empty((*value_states.shape[:-2], size, value_states.shape[-1]))
+        if self.length:
+            keys[..., : self.length, :] = self.keys
+            values[..., : self.length, :] = self.values
+        self._keys, self._values = keys, values
+
+    def _set_length(self, length: int) -> None:
+        assert self._keys is not None and self._values is not None
+        self.length = length
+        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:  # the legacy absolute form, refused as transformers refuses it
+            raise ValueError(f"crop takes a negative number of tokens to remove, got {tokens_to_remove}")
+        if tokens_to_remove == 0 or not self.is_initialized or self._keys is None:
+            return
+        self._set_length(max(0, self.length + tokens_to_remove))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized and self._keys is not None and self._values is not None:
+            indices = indices.to(self._keys.device)
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self._set_length(self.length)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized and self._keys is not None:
+            self.batch_select_indices(torch.arange(self._keys.shape[0]).repeat_interleave(repeats))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def reset(self) -> None:
+        super().reset()
+        self.length = 0
+        self._keys = self._values = None
+
+
+def growing_cache(model: Any) -> Any:
+    """A `DynamicCache` for `model` whose plain layers append in place (sliding-window layers are left as they are)."""
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # older signatures
+        return DynamicCache()
+    layers = getattr(cache, "layers", None)
+    if layers:
+        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in layers]
+    return cache
