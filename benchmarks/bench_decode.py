@@ -7,8 +7,10 @@ From-config Llamas (no download). Greedy, --new-tokens tokens, no early stop, at
   with transformers' DynamicCache, and again with modelops' in-place cache (the one the co-decoder uses);
 - interleaved: the same three loops, one step of each in turn, nothing fused (the cost of alternating alone);
 - naive: a lock-step loop that log-softmaxes every model every step and combines the three log-probs;
-- modelops: `CoDecoder.generate` with the EFT rule (and DLF), i.e. what `modelops fuse-decode` runs.
-Ratios are fused time ÷ (sum of the floors); each round runs every approach once, best of --repeats rounds.
+- modelops: `CoDecoder.generate` with the EFT rule (also with --parallel-models) and DLF, i.e. what
+  `modelops fuse-decode` runs.
+Ratios: each round runs every approach once; the median over rounds of (time ÷ that round's floor) is printed
+with its range, so the machine's drift between rounds cancels.
 DLF: time of its weight search per step vs one fused EFT step (on random logits, and inside the DLF decode),
 and a per-α loop (the straightforward implementation) for reference.
 """
@@ -16,6 +18,7 @@ and a per-α loop (the straightforward implementation) for reference.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -128,7 +131,9 @@ def fused_decode(decoder, prompts_ids: list[list[int]], new_tokens: int) -> floa
     stopper = StopChecker(set(), [], decoder.tokenizer, new_tokens)  # no early stop: every row runs full length
     members = decoder.runners()
     start = time.perf_counter()
-    outs = lockstep_generate(members, decoder.fuse, [prompts_ids] * len(members), cfg, stopper, 0)
+    outs = lockstep_generate(
+        members, decoder.fuse, [prompts_ids] * len(members), cfg, stopper, 0, overlap=decoder.overlap
+    )
     elapsed = time.perf_counter() - start
     assert all(len(o.token_ids) == new_tokens for o in outs)
     return elapsed
@@ -179,7 +184,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--repeats", type=int, default=3, help="best of N timings per measurement")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds; each runs every approach once")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -202,54 +207,58 @@ def main() -> None:
     eft = CoDecoder(members, FusionRule("eft"))
     dlf = CoDecoder(members, FusionRule("dlf"))
 
+    eft_par = CoDecoder(members, FusionRule("eft"), parallel=True)
     search_time = TimedSearch(dlf)
-    print(f"greedy, {args.new_tokens} new tokens, prompt {args.prompt_len} tokens, best of {args.repeats} rounds")
-    header = (
-        f"{'batch':>5} {'floor s':>8} {'interl s':>8} {'naive s':>8} {'eft s':>8} {'dlf s':>8} {'interl/floor':>12} "
-        f"{'naive/floor':>11} {'eft/floor':>9} {'dlf/floor':>9}"
+    print(
+        f"greedy, {args.new_tokens} new tokens, prompt {args.prompt_len} tokens, {args.repeats} rounds; each round runs "
+        "every approach once; ratio = median over rounds of (approach ÷ that round's floor), [min, max]"
     )
-    print(header)
     for batch in (int(b) for b in args.batches.split(",")):
         g = torch.Generator().manual_seed(batch)
         ids = torch.randint(3, args.vocab, (batch, args.prompt_len), generator=g)
         rows, n = ids.tolist(), args.new_tokens
         trio = [large, base, expert]
-        runs = {  # name: (function, arguments)
+        runs = {  # label: (function, arguments); the first three (and the next three) add up to a floor
             "large": (own_decode, (large, ids, n)),
             "base": (own_decode, (base, ids, n)),
             "expert": (own_decode, (expert, ids, n)),
-            "large_g": (own_decode, (large, ids, n, True)),
-            "base_g": (own_decode, (base, ids, n, True)),
-            "expert_g": (own_decode, (expert, ids, n, True)),
-            "interl": (interleaved_own, (trio, ids, n)),
-            "naive": (naive_lockstep, (trio, ids, n)),
-            "eft": (fused_decode, (eft, rows, n)),
-            "dlf": (fused_decode, (dlf, rows, n)),
+            "large, in-place cache": (own_decode, (large, ids, n, True)),
+            "base, in-place cache": (own_decode, (base, ids, n, True)),
+            "expert, in-place cache": (own_decode, (expert, ids, n, True)),
+            "interleaved own loops": (interleaved_own, (trio, ids, n)),
+            "naive lock-step": (naive_lockstep, (trio, ids, n)),
+            "modelops eft": (fused_decode, (eft, rows, n)),
+            "modelops eft --parallel-models": (fused_decode, (eft_par, rows, n)),
+            "modelops dlf": (fused_decode, (dlf, rows, n)),
         }
-        best = dict.fromkeys(runs, float("inf"))
-        search_best = float("inf")
-        for _ in range(args.repeats):  # every approach once per round, so drift of the machine hits all alike
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        search: list[float] = []
+        for _ in range(args.repeats):
             for name, (fn, fn_args) in runs.items():
                 search_time.reset()
-                best[name] = min(best[name], fn(*fn_args))
-            search_best = min(search_best, search_time.total)
-        floor = best["large"] + best["base"] + best["expert"]
-        floor_g = best["large_g"] + best["base_g"] + best["expert_g"]
-        print(
-            f"{batch:>5} {floor:>8.2f} {best['interl']:>8.2f} {best['naive']:>8.2f} {best['eft']:>8.2f} "
-            f"{best['dlf']:>8.2f} {best['interl'] / floor:>12.3f} {best['naive'] / floor:>11.3f} "
-            f"{best['eft'] / floor:>9.3f} {best['dlf'] / floor:>9.3f}"
-        )
-        print(
-            f"      floor with modelops' in-place KV cache in each model's own loop: {floor_g:.2f} s; "
-            f"eft / that floor {best['eft'] / floor_g:.3f}, dlf / that floor {best['dlf'] / floor_g:.3f}"
-        )
-        step = best["eft"] / n
+                times[name].append(fn(*fn_args))
+            search.append(search_time.total)
+        names = list(runs)
+        times = {
+            "floor: own loops, DynamicCache": [sum(t) for t in zip(*(times[k] for k in names[:3]), strict=True)],
+            "floor: own loops, in-place cache": [sum(t) for t in zip(*(times[k] for k in names[3:6]), strict=True)],
+            **{k: times[k] for k in names[6:]},
+        }
+        floor = times["floor: own loops, DynamicCache"]
+        print(f"batch {batch}: {'approach':<34} {'best s':>7}  ÷ floor")
+        for name, ts in times.items():
+            ratios = sorted(t / f for t, f in zip(ts, floor, strict=True))
+            print(
+                f"         {name:<34} {min(ts):>7.2f}  {statistics.median(ratios):.3f} "
+                f"[{ratios[0]:.3f}, {ratios[-1]:.3f}]"
+            )
+        step = min(times["modelops eft"]) / n
         batched, loop, _ = dlf_cost(batch, args.vocab, reps=20)
+        inside = min(search) / n
         print(
-            f"      DLF weight search: {batched * 1e3:.2f} ms = {batched / step:.1%} of a fused EFT step "
-            f"({step * 1e3:.1f} ms) on random logits, {search_best / n * 1e3:.2f} ms = "
-            f"{search_best / best['eft']:.1%} inside the DLF decode; per-α loop {loop * 1e3:.2f} ms = {loop / step:.1%}"
+            f"         DLF weight search per step: {batched * 1e3:.2f} ms = {batched / step:.1%} of a fused EFT step "
+            f"({step * 1e3:.1f} ms) on random logits; {inside * 1e3:.2f} ms = {inside / step:.1%} inside the DLF "
+            f"decode; a per-α loop {loop * 1e3:.2f} ms = {loop / step:.1%}"
         )
 
 

@@ -96,6 +96,13 @@ def register(app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
         threads: Threads = 1,
+        parallel_models: Annotated[
+            bool,
+            typer.Option(
+                "--parallel-models",
+                help="Step the small models on a second thread beside the large one: same tokens, one more core.",
+            ),
+        ] = False,
     ) -> None:
         """Fused decoding: EFT / up-scaling, proxy-tuning, fixed weights, dynamic logit fusion, CBS, best-of-N."""
         setup(quiet, threads)
@@ -137,6 +144,7 @@ def register(app: typer.Typer) -> None:
             device_map=device_map,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
+            parallel=parallel_models,
         )
         try:
             with CountProgress(len(rows), "scoring" if score else f"decoding ({spec.rule})", quiet) as progress:

@@ -171,3 +171,17 @@ def test_a_tilt_whose_every_term_underflows_is_recomputed_with_its_own_shift():
     weights, objective = dlf_weights(zl, zb, [ze], cands)
     assert torch.isfinite(objective).any()
     assert_matches_naive(zl, zb, [ze], cands, weights, objective)
+
+
+def test_many_rows_go_in_chunks_with_the_same_answer(monkeypatch):
+    import modelops.decode.dlf as dlf
+
+    zl, zb = randn(0, 9, 40, 2.0), randn(1, 9, 40, 2.0)
+    experts = [zb + randn(2, 9, 40, 0.5)]
+    cands = dlf_candidates(UNIFORM, 1)
+    whole = DlfSearch(cands)(zl, zb, experts, fuse=True)
+    monkeypatch.setattr(dlf, "CHUNK_ELEMS", 4 * 3 * 40)  # 4 rows per turn: 4, 4, 1
+    chunked = DlfSearch(cands)(zl, zb, experts, fuse=True)
+    assert torch.equal(whole[0], chunked[0])
+    torch.testing.assert_close(whole[1], chunked[1])
+    torch.testing.assert_close(whole[2], chunked[2])

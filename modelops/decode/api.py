@@ -37,6 +37,7 @@ def build_decoder(
     device_map: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    parallel: bool = False,
 ) -> CoDecoder:
     rule = FusionRule.from_spec(spec, spec.rule)
     return CoDecoder.load(
@@ -51,6 +52,7 @@ def build_decoder(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         check_vocabulary=spec.rule not in SEARCH_RULES,
+        parallel=parallel,
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 BLOCK_ELEMS = 1 << 16  # about this many floats per (rows, V) buffer of a block
+CHUNK_ELEMS = 1 << 24  # at most this many floats in the buffers kept between calls (64 MB); more rows go in turns
 TINY = 1e-30  # a tilted row sum below this has lost its terms to underflow
 SAFE_TOP = 40.0  # larger logits are shifted before the tilts are exponentiated
 
@@ -136,6 +137,14 @@ class DlfSearch:
         Candidates the certificates rule out without evaluating them get objective +inf; ties go to the first
         candidate (the smallest α).
         """
+        chunk = max(1, CHUNK_ELEMS // ((1 + 2 * len(experts)) * large.shape[-1]))
+        if large.shape[0] > chunk:  # many rows (scoring): bound the buffers kept between calls
+            parts = [
+                self(large[i : i + chunk], base[i : i + chunk], [e[i : i + chunk] for e in experts], fuse)
+                for i in range(0, large.shape[0], chunk)
+            ]
+            fused = torch.cat([p[2] for p in parts]) if fuse else None  # type: ignore[misc]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), fused
         comps = [large.float(), base.float(), *[e.float() for e in experts]]
         n_rows, width, n_exp = comps[0].shape[0], comps[0].shape[-1], len(experts)
         step = self.block_rows or max(1, BLOCK_ELEMS // width)

@@ -13,6 +13,7 @@ from modelops.decode import rules
 from modelops.decode.dlf import DlfSearch, dlf_candidates
 from modelops.decode.loops import RowOutput, StopChecker, continuation_logprobs, lockstep_generate
 from modelops.decode.models import Member, load_causal_lm
+from modelops.decode.overlap import Overlap
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, make_generator
 from modelops.decode.vocab import aligned_components, check_shared_vocabulary, stop_token_ids
@@ -93,7 +94,9 @@ class CoDecoder:
     Members are ordered [large, small base, experts…]; with the rule "single" only the large model runs.
     """
 
-    def __init__(self, members: list[Member], rule: FusionRule, *, check_vocabulary: bool = True) -> None:
+    def __init__(
+        self, members: list[Member], rule: FusionRule, *, check_vocabulary: bool = True, parallel: bool = False
+    ) -> None:
         self.members = members
         self.rule = rule
         self.n_experts = max(0, len(members) - 2)
@@ -116,6 +119,8 @@ class CoDecoder:
         self.device = next(members[0].model.parameters()).device
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
+        # `parallel`: the small models step on a second thread beside the large one (same tokens, another core)
+        self.overlap = Overlap() if parallel and len(members) > 1 else None
 
     @classmethod
     def load(
@@ -132,6 +137,7 @@ class CoDecoder:
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         check_vocabulary: bool = True,
+        parallel: bool = False,
     ) -> CoDecoder:
         """Load every member from folders or Hub ids; `chat_template_for` is expert, all or none."""
         if chat_template_for not in ("expert", "all", "none"):
@@ -153,7 +159,7 @@ class CoDecoder:
             chat = chat_template_for == "all" or (chat_template_for == "expert" and role == "expert")
             members.append(Member(role, spec, model, tok, "chat" if chat else "plain"))
         rule = rule or FusionRule("single" if len(members) == 1 else "eft")
-        return cls(members, rule, check_vocabulary=check_vocabulary)
+        return cls(members, rule, check_vocabulary=check_vocabulary, parallel=parallel)
 
     # -- the fusion callable the loops use -------------------------------------------------------------------
 
@@ -210,8 +216,9 @@ class CoDecoder:
         for lo in range(0, len(prompts), batch_size):
             batch = list(prompts[lo : lo + batch_size])
             outs = lockstep_generate(
-                self.runners(), self.fuse, self._prompt_ids(batch), sampling, stopper, self.pad_id, generator
-            )
+                self.runners(), self.fuse, self._prompt_ids(batch), sampling, stopper, self.pad_id, generator,
+                overlap=self.overlap,
+            )  # fmt: skip
             for k, out in enumerate(outs):
                 results.append(self._to_generation(ids[lo + k] if ids is not None else lo + k, out))
             if on_batch:
@@ -228,7 +235,9 @@ class CoDecoder:
             conts = [
                 self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations[lo : lo + batch_size]
             ]
-            out += continuation_logprobs(self.runners(), self.fuse, self._prompt_ids(batch_p), conts, self.pad_id)
+            out += continuation_logprobs(
+                self.runners(), self.fuse, self._prompt_ids(batch_p), conts, self.pad_id, overlap=self.overlap
+            )
         return out
 
     def _to_generation(self, row_id: Any, out: RowOutput) -> Generation:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
+from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, choose
 
@@ -77,18 +79,17 @@ def lockstep_generate(
     stopper: StopChecker,
     pad_id: int,
     generator: torch.Generator | None = None,
+    overlap: Overlap | None = None,
 ) -> list[RowOutput]:
     """Decode one batch: every model sees its own prompt, then the same fused tokens; finished rows leave.
 
     `prompts[m][row]` are model m's prompt ids. Cost per step: one cached forward per model plus one fused
-    combination; rows that stopped are dropped from every cache.
+    combination; rows that stopped are dropped from every cache. `overlap`: the small models run beside the large.
     """
     n_rows = len(prompts[0])
     outputs = [RowOutput() for _ in range(n_rows)]
-    logits = []
-    for runner, rows in zip(runners, prompts, strict=True):
-        ids, mask = left_pad(rows, pad_id)
-        logits.append(runner.prefill(ids, mask))
+    padded = [left_pad(rows, pad_id) for rows in prompts]
+    logits = run_all([partial(r.prefill, ids, mask) for r, (ids, mask) in zip(runners, padded, strict=True)], overlap)
     live = torch.arange(n_rows)
     while True:
         fused, weights = fuse(logits)
@@ -110,7 +111,7 @@ def lockstep_generate(
             for runner in runners:
                 runner.select(idx)
             live, tokens = live[keep], tokens[idx.to(tokens.device)]
-        logits = [runner.step(tokens) for runner in runners]
+        logits = run_all([partial(runner.step, tokens) for runner in runners], overlap)
 
 
 def continuation_logprobs(
@@ -120,14 +121,18 @@ def continuation_logprobs(
     continuations: list[list[int]],
     pad_id: int,
     chunk_rows: int = 256,
+    overlap: Overlap | None = None,
 ) -> list[list[float]]:
     """Teacher-forced log p̃(y_t | x, y_<t) of each continuation token: one parallel forward per model."""
     n_rows = len(continuations)
     gathered: list[torch.Tensor] = []
-    for runner, rows in zip(runners, prompts, strict=True):
-        seqs = [list(p) + list(c) for p, c in zip(rows, continuations, strict=True)]
-        ids, mask = left_pad(seqs, pad_id)
-        all_logits = runner.prefill(ids, mask, all_logits=True)  # (B, T, W)
+    padded = [
+        left_pad([list(p) + list(c) for p, c in zip(rows, continuations, strict=True)], pad_id) for rows in prompts
+    ]
+    calls = [partial(r.prefill, ids, mask, all_logits=True) for r, (ids, mask) in zip(runners, padded, strict=True)]
+    # one model's (B, T, W) logits alive at a time, unless they are computed side by side
+    forwards = run_all(calls, overlap) if overlap is not None else (call() for call in calls)
+    for runner, (ids, _), all_logits in zip(runners, padded, forwards, strict=True):  # (B, T, W)
         width = ids.shape[1]
         picks = []  # position j predicts token j+1: the continuation is the last len(c) tokens of each row
         for i, c in enumerate(continuations):

@@ -22,11 +22,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from modelops.decode.loops import RowOutput, StopChecker, left_pad
+from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, choose, make_generator, warp
 from modelops.decode.vocab import align
@@ -117,12 +119,14 @@ class SpeculativeBatch:
         draft_len: int,
         generator: torch.Generator | None = None,
         stats: SpeculativeStats | None = None,
+        overlap: Overlap | None = None,
     ) -> None:
         if len(runners) <= DRAFTER:
             raise ModelopsError("speculative decoding needs a large model, a small base and an expert to draft")
         self.runners, self.fuse, self.width = runners, fuse, width
         self.sampling, self.stopper, self.draft_len, self.generator = sampling, stopper, draft_len, generator
         self.stats = stats or SpeculativeStats(draft_len=draft_len)
+        self.overlap = overlap  # the verifiers (large, small base) side by side
         self.outputs: list[RowOutput] = []
         self.live = torch.zeros(0, dtype=torch.long)  # original row index of each live row
         self.pending = torch.zeros(0, dtype=torch.long)  # (B_live,) emitted, not yet fed to any runner
@@ -131,11 +135,9 @@ class SpeculativeBatch:
         """Prefill every runner with its own prompts; the first token comes from the prefill logits."""
         n_rows = len(prompts[0])
         self.outputs = [RowOutput() for _ in range(n_rows)]
-        logits = []
-        for runner, rows in zip(self.runners, prompts, strict=True):
-            ids, mask = left_pad(rows, pad_id)
-            logits.append(runner.prefill(ids, mask))
-        fused, weights = self.fuse(logits)
+        padded = [left_pad(rows, pad_id) for rows in prompts]
+        calls = [partial(r.prefill, ids, mask) for r, (ids, mask) in zip(self.runners, padded, strict=True)]
+        fused, weights = self.fuse(run_all(calls, self.overlap))
         first = choose(fused, self.sampling, self.generator)
         self.live = torch.arange(n_rows)
         first_cpu = first.tolist()
@@ -166,10 +168,10 @@ class SpeculativeBatch:
         b = x.shape[0]
         drafts_t = torch.stack(drafts, 1) if drafts else self.pending.new_zeros(b, 0)  # (B, k)
         fed = torch.cat([self.pending[:, None], drafts_t], dim=1)  # (B, k+1)
-        comps = []
-        for m, runner in enumerate(self.runners):
-            out = torch.stack(draft_logits, 1) if m == DRAFTER else runner.step(fed)  # (B, k+1, W_m)
-            comps.append(out.reshape(b * (k + 1), -1))
+        verifiers = [m for m in range(len(self.runners)) if m != DRAFTER]
+        verified = run_all([partial(self.runners[m].step, fed) for m in verifiers], self.overlap)
+        outs = dict(zip(verifiers, verified, strict=True)) | {DRAFTER: torch.stack(draft_logits, 1)}
+        comps = [outs[m].reshape(b * (k + 1), -1) for m in range(len(self.runners))]  # each (B, k+1, W_m) before
         fused, weights = self.fuse(comps)
         fused = fused.reshape(b, k + 1, -1)  # (B, k+1, V)
         if self.sampling.greedy:
@@ -234,9 +236,10 @@ def speculative_lockstep(
     draft_len: int,
     generator: torch.Generator | None = None,
     stats: SpeculativeStats | None = None,
+    overlap: Overlap | None = None,
 ) -> list[RowOutput]:
     """Decode one batch speculatively; same inputs and outputs as `lockstep_generate` plus the draft length."""
-    batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats)
+    batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats, overlap)
     alive = batch.start(prompts, pad_id)
     while alive:
         alive = batch.round()
@@ -285,6 +288,7 @@ def speculative_generate(
             draft_len,
             generator,
             stats,
+            decoder.overlap,
         )
         for j, out in enumerate(outs):
             results.append(decoder._to_generation(ids[lo + j] if ids is not None else lo + j, out))

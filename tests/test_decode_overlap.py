@@ -1,0 +1,73 @@
+"""--parallel-models: the small models on a second thread give exactly the sequential loop's output."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from decode_fixtures import prompts
+
+from modelops.decode import CoDecoder, FusionRule, SamplingConfig
+from modelops.decode.overlap import Overlap
+
+
+def both(decode_family, rule: FusionRule, experts: tuple[str, ...] = ("expert",)) -> tuple[CoDecoder, CoDecoder]:
+    fam = {k: str(v) for k, v in decode_family.items()}
+    seq = CoDecoder.load(fam["large"], fam["base"], [fam[e] for e in experts], rule)
+    par = CoDecoder(seq.members, rule, parallel=True)  # the same loaded models
+    assert seq.overlap is None and par.overlap is not None
+    return seq, par
+
+
+@pytest.mark.parametrize(
+    ("rule", "experts", "sampling"),
+    [
+        (FusionRule("eft"), ("expert",), SamplingConfig(max_new_tokens=14)),
+        (FusionRule("dlf"), ("expert", "expert2"), SamplingConfig(max_new_tokens=14)),
+        (FusionRule("eft"), ("expert",), SamplingConfig(max_new_tokens=14, temperature=1.0, top_k=20, seed=3)),
+        (FusionRule("eft", speculative=3), ("expert",), SamplingConfig(max_new_tokens=14)),
+    ],
+    ids=["eft-greedy", "dlf-two-experts", "eft-sampled", "speculative"],
+)
+def test_parallel_models_decode_the_same_tokens(decode_family, rule, experts, sampling):
+    texts = prompts(7, seed=4)
+    seq, par = both(decode_family, rule, experts)
+    a = seq.generate(texts, sampling, batch_size=4)
+    b = par.generate(texts, sampling, batch_size=4)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.weights for g in a] == [g.weights for g in b]
+
+
+def test_parallel_models_score_the_same(decode_family):
+    seq, par = both(decode_family, FusionRule("eft"))
+    texts, conts = prompts(5, seed=8), ["w5 w6 w7", "w1", "w9 w9", "w2 w3", "w4 w8 w1 w2"]
+    assert seq.score(texts, conts) == par.score(texts, conts)
+
+
+def test_the_large_model_runs_on_the_callers_thread_and_the_rest_in_order_on_one_worker():
+    seen: list[tuple[int, str]] = []
+
+    def call(i: int):
+        return lambda: seen.append((i, threading.current_thread().name)) or i
+
+    overlap = Overlap()
+    try:
+        assert overlap.run([call(0), call(1), call(2)]) == [0, 1, 2]
+    finally:
+        overlap.close()
+    names = dict(seen)
+    assert names[0] == threading.current_thread().name
+    assert names[1] == names[2] != names[0]
+    assert [i for i, _ in seen if i] == [1, 2]
+
+
+def test_a_failure_on_the_worker_reaches_the_caller():
+    def boom():
+        raise ValueError("small model failed")
+
+    overlap = Overlap()
+    try:
+        with pytest.raises(ValueError, match="small model failed"):
+            overlap.run([lambda: 1, boom])
+    finally:
+        overlap.close()
