@@ -71,6 +71,14 @@ class StopChecker:
         return False
 
 
+def prefill_all(
+    runners: list[Runner], prompts: list[list[list[int]]], pad_id: int, overlap: Overlap | None = None
+) -> list[torch.Tensor]:
+    """Each runner's last-position logits (B, W_m) after its own left-padded prompts `prompts[m]`."""
+    padded = [left_pad(rows, pad_id) for rows in prompts]
+    return run_all([partial(r.prefill, ids, mask) for r, (ids, mask) in zip(runners, padded, strict=True)], overlap)
+
+
 def lockstep_generate(
     runners: list[Runner],
     fuse: Fuse,
@@ -88,8 +96,7 @@ def lockstep_generate(
     """
     n_rows = len(prompts[0])
     outputs = [RowOutput() for _ in range(n_rows)]
-    padded = [left_pad(rows, pad_id) for rows in prompts]
-    logits = run_all([partial(r.prefill, ids, mask) for r, (ids, mask) in zip(runners, padded, strict=True)], overlap)
+    logits = prefill_all(runners, prompts, pad_id, overlap)
     live = torch.arange(n_rows)
     while True:
         fused, weights = fuse(logits)

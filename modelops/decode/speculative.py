@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from modelops.decode.loops import RowOutput, StopChecker, left_pad
+from modelops.decode.loops import RowOutput, StopChecker, prefill_all
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, choose, make_generator, warp
@@ -135,9 +135,7 @@ class SpeculativeBatch:
         """Prefill every runner with its own prompts; the first token comes from the prefill logits."""
         n_rows = len(prompts[0])
         self.outputs = [RowOutput() for _ in range(n_rows)]
-        padded = [left_pad(rows, pad_id) for rows in prompts]
-        calls = [partial(r.prefill, ids, mask) for r, (ids, mask) in zip(self.runners, padded, strict=True)]
-        fused, weights = self.fuse(run_all(calls, self.overlap))
+        fused, weights = self.fuse(prefill_all(self.runners, prompts, pad_id, self.overlap))
         first = choose(fused, self.sampling, self.generator)
         self.live = torch.arange(n_rows)
         first_cpu = first.tolist()
