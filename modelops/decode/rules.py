@@ -2,7 +2,8 @@
 
 Every rule is a linear combination of the models' log-probs, log p̃ = Σ_m c_m ℓ_m (− log Z), so a rule is a
 coefficient vector over [large, small base, expert_1, …]. Raw logits may be combined instead of log-probs
-when every component spans the same vocabulary: the per-row constants only shift the fused row.
+when every component spans the same vocabulary: the per-row constants only shift the fused row. DLF's per-step
+choice of that vector is its own module, `dlf.py`.
 """
 
 from __future__ import annotations
