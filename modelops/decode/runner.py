@@ -37,8 +37,12 @@ class Runner:
         return 0 if self.mask is None else int(self.mask.shape[0])
 
     def _new_cache(self) -> Any:
-        from modelops.decode.kvcache import growing_cache
+        try:
+            from modelops.decode.kvcache import growing_cache
+        except ImportError:  # a transformers without per-layer caches (`DynamicLayer`): its own DynamicCache
+            from transformers import DynamicCache
 
+            return DynamicCache()
         return growing_cache(self.model)
 
     @torch.inference_mode()
