@@ -151,14 +151,12 @@ class DlfSearch:
         values = self.workspace.get("values", (n_rows, 1 + 2 * n_exp, width), comps[0], ones_row=True)
         sums = comps[0].new_empty(n_rows, 2 + n_exp, 1 + 2 * n_exp)
         tops = comps[0].new_empty(n_rows, 2 + n_exp, 1)
-        for lo in range(0, n_rows, step):
-            sl = slice(lo, lo + step)
-            self._moments_block([z[sl] for z in comps], values[sl], sums[sl], tops[sl])
-        if not bool(torch.isfinite(sums).all()):  # an infinite logit: its delta counts as 0 (METHODS.md §2.1)
-            values[:, 1 : 1 + n_exp].nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-            torch.mul(values[:, 1 : 1 + n_exp], values[:, 1 : 1 + n_exp], out=values[:, 1 + n_exp :])
-            expo = torch.stack(comps, 1).sub_(tops).exp_()
-            torch.bmm(expo, values.transpose(1, 2), out=sums)
+        for clean in (False, True):  # an infinite logit: rerun with its delta counted as 0 (METHODS.md §2.1)
+            for lo in range(0, n_rows, step):
+                sl = slice(lo, lo + step)
+                self._moments_block([z[sl] for z in comps], values[sl], sums[sl], tops[sl], clean)
+            if bool(torch.isfinite(sums).all()):
+                break
         stats = _Moments(sums, tops[..., 0], n_exp)
         large = comps[0]
         if not bool((tops[:, 0].abs() <= SAFE_TOP).all()):  # keep e^{z_L + α d} inside float32's range
@@ -180,16 +178,21 @@ class DlfSearch:
                     fused.addcmul_(weights[:, t : t + 1], values[:, 1 + t])
         return weights, objective.float(), fused
 
-    def _moments_block(self, comps: list[torch.Tensor], values: torch.Tensor, out: torch.Tensor, tops) -> None:
+    def _moments_block(
+        self, comps: list[torch.Tensor], values: torch.Tensor, out: torch.Tensor, tops: torch.Tensor, clean: bool
+    ) -> None:
         """One block: [1, d…, d²…] into `values`, the exponentials' matmul with it into `out`, maxima into `tops`.
 
         The block's logits are stacked into a small reused buffer, so every pass after the first stays in cache.
+        `clean`: non-finite deltas become 0.
         """
         n_exp = len(comps) - 2
         expo = self.workspace.get("exp", (comps[0].shape[0], len(comps), comps[0].shape[-1]), comps[0])
         torch.stack(comps, 1, out=expo)  # (b, 2 + T, V)
         torch.amax(expo, -1, keepdim=True, out=tops)
         torch.sub(expo[:, 2:], expo[:, 1:2], out=values[:, 1 : 1 + n_exp])  # d_t = z_t − z_S−
+        if clean:
+            values[:, 1 : 1 + n_exp].nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         torch.mul(values[:, 1 : 1 + n_exp], values[:, 1 : 1 + n_exp], out=values[:, 1 + n_exp :])
         torch.bmm(expo.sub_(tops).exp_(), values.transpose(1, 2), out=out)
 
@@ -227,9 +230,7 @@ def _search_direction(
     if bool(bad.any()):  # an exponent overflowed or every term underflowed: redo those with the exact shift
         idx = torch.nonzero(bad)[:, 0]
         flat_sums[idx], shift[idx] = _evaluate_shifted(large, values, t, rows[idx], flat_alpha[idx])
-    f, g = stats.kls(t, rows, flat_alpha, flat_sums, shift)
-    cols = torch.tensor(direction.columns, device=device)[pair.reshape(-1)]
-    objective[rows, cols] = stats.objective(rows, f, g)
+    f, g = _store(stats, direction, objective, rows, pair.reshape(-1), flat_alpha, flat_sums, shift)
     f, g = f.view(n_rows, 2), g.view(n_rows, 2)
     fb, gb = stats.fwd_bar, stats.bwd_bar
     below = (lo < 0) | ((f[:, 0] <= fb) & (g[:, 0] <= gb))
@@ -237,6 +238,23 @@ def _search_direction(
     unsure = torch.nonzero(~(below & above))[:, 0].tolist()
     if unsure:
         _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, g)
+
+
+def _store(
+    stats: _Moments,
+    direction: _Direction,
+    objective: torch.Tensor,
+    rows: torch.Tensor,
+    grid: torch.Tensor,
+    alpha: torch.Tensor,
+    sums: torch.Tensor,
+    shift: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f, g) of evaluated points (row, grid index); their objective goes into `objective`."""
+    f, g = stats.kls(direction.expert, rows, alpha, sums, shift)
+    cols = torch.tensor(direction.columns, device=objective.device)[grid]
+    objective[rows, cols] = stats.objective(rows, f, g)
+    return f, g
 
 
 def _evaluate_shifted(
@@ -265,9 +283,8 @@ def _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, 
         rows = torch.tensor([r for r, _ in want], device=large.device)
         alpha = torch.tensor([direction.sign * mags[j] for _, j in want], device=large.device)
         sums, shift = _evaluate_shifted(large, values, t, rows, alpha)
-        fv, gv = stats.kls(t, rows, alpha, sums, shift)
-        cols = torch.tensor([direction.columns[j] for _, j in want], device=large.device)
-        objective[rows, cols] = stats.objective(rows, fv, gv)
+        grid = torch.tensor([j for _, j in want], device=large.device)
+        fv, gv = _store(stats, direction, objective, rows, grid, alpha, sums, shift)
         for (r, j), fr, gr in zip(want, fv.tolist(), gv.tolist(), strict=True):
             f_at[r][j], g_at[r][j] = fr, gr
 
