@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(_relaunch(num_processes, argv))
         from transformers.utils import logging as hf_logging
 
-        from modelops.eval.harness import evaluate
+        from modelops.eval.harness import evaluate, leave_process_group
 
         hf_logging.disable_progress_bar()  # one bar per model load is noise here; ours shows the rows
         sampling = SamplingConfig(max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW, temperature=temperature,
@@ -116,6 +116,7 @@ def register(app: typer.Typer) -> None:
         finally:
             if bars is not None:
                 bars.close()
+            leave_process_group()
         if not rank0:
             return
         from rich.console import Console

@@ -310,6 +310,18 @@ def distributed_state(device: str = "auto") -> Any:
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
+def leave_process_group() -> None:
+    """End this process's part in a torchrun group, if it joined one.
+
+    Left to interpreter shutdown, gloo's threads are torn down in no fixed order and a process can abort
+    ("terminate called without an active exception") after its work is done.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def evaluate(
     systems: dict[str, SystemSpec],
     tasks: Sequence[TaskSpec],
