@@ -232,12 +232,14 @@ def main() -> None:
             "modelops dlf": (fused_decode, (dlf, rows, n)),
         }
         times: dict[str, list[float]] = {name: [] for name in runs}
-        search: list[float] = []
+        search: list[tuple[float, float, float]] = []  # per round: in the DLF decode, random logits, per-α loop
         for _ in range(args.repeats):
             for name, (fn, fn_args) in runs.items():
                 search_time.reset()
                 times[name].append(fn(*fn_args))
-            search.append(search_time.total)
+            inside = search_time.total / n
+            batched, loop, _ = dlf_cost(batch, args.vocab, reps=10)
+            search.append((inside, batched, loop))
         names = list(runs)
         times = {
             "floor: own loops, DynamicCache": [sum(t) for t in zip(*(times[k] for k in names[:3]), strict=True)],
@@ -252,14 +254,19 @@ def main() -> None:
                 f"         {name:<34} {min(ts):>7.2f}  {statistics.median(ratios):.3f} "
                 f"[{ratios[0]:.3f}, {ratios[-1]:.3f}]"
             )
-        step = min(times["modelops eft"]) / n
-        batched, loop, _ = dlf_cost(batch, args.vocab, reps=20)
-        inside = min(search) / n
+        steps = [t / n for t in times["modelops eft"]]  # that round's fused EFT step
         print(
-            f"         DLF weight search per step: {batched * 1e3:.2f} ms = {batched / step:.1%} of a fused EFT step "
-            f"({step * 1e3:.1f} ms) on random logits; {inside * 1e3:.2f} ms = {inside / step:.1%} inside the DLF "
-            f"decode; a per-α loop {loop * 1e3:.2f} ms = {loop / step:.1%}"
+            f"         DLF weight search ÷ that round's fused EFT step (median {statistics.median(steps) * 1e3:.1f} ms): "
+            f"on random logits {share(search, steps, 1)}; inside the DLF decode {share(search, steps, 0)}; "
+            f"a per-α loop {share(search, steps, 2)}"
         )
+
+
+def share(search: list[tuple[float, ...]], steps: list[float], k: int) -> str:
+    """Median over rounds of (search time k ÷ that round's EFT step), with its range."""
+    r = sorted(x[k] / st for x, st in zip(search, steps, strict=True))
+    ms = statistics.median(x[k] for x in search) * 1e3
+    return f"{ms:.2f} ms = {statistics.median(r):.1%} [{r[0]:.1%}, {r[-1]:.1%}]"
 
 
 class TimedSearch:

@@ -3,13 +3,14 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_search.py [--prompts 2] [--max-new 64] [--shape 4 4 5]
 
 From-config Llamas with a 32000-word vocabulary: a large one (~40M parameters) samples, a small base and a
-small "expert" (~4M each, the expert a noisy copy of the base) score. Three runs on the same prompts and seed:
+small "expert" (~4M each, the expert a noisy copy of the base) score. Four runs on the same prompts and seed:
   large alone   the lock-step sampler with the large model only, W·K rows per prompt (the cost floor)
   incremental   CBS(W, K, L): the small models are fed each chunk's new tokens once (parent score + chunk)
   full          CBS(W, K, L) re-feeding every row's whole response to the small models each chunk (what the
                 reference implementation does, minus its one-prompt-at-a-time loop)
-Both CBS runs must return the same tokens and scores; the table shows seconds, small-model tokens fed, and
-the time ratio full ÷ incremental.
+  parallel      incremental with `--parallel-models`: the base scores on this thread, the expert on a second
+All CBS runs must return the same tokens and scores; the table shows seconds, small-model tokens fed, and
+the time ratios.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
 
     from modelops.decode import CoDecoder, FusionRule
     from modelops.decode.models import Member
+    from modelops.decode.overlap import Overlap
     from modelops.decode.search import chunk_beam_search, search_sampling
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,14 +79,16 @@ def main() -> None:
     single.generate([t for t in texts for _ in range(w * k)], sampling, batch_size=len(texts) * w * k)
     floor = time.perf_counter() - t0
     runs = {}
-    for name, full in (("incremental", False), ("full", True)):
+    overlap = Overlap()
+    for name, full, over in (("incremental", False, None), ("full", True, None), ("parallel", False, overlap)):
         stats: dict = {}
         t0 = time.perf_counter()
         out = chunk_beam_search(*mem, texts, beam_width=w, successors=k, chunk_len=chunk, sampling=sampling,
-                                batch_size=len(texts), full_rescore=full, stats=stats)  # fmt: skip
+                                batch_size=len(texts), full_rescore=full, stats=stats, overlap=over)  # fmt: skip
         runs[name] = (time.perf_counter() - t0, stats, out)
-    inc, full = runs["incremental"], runs["full"]
-    same = [a.token_ids for a in inc[2]] == [b.token_ids for b in full[2]]
+    overlap.close()
+    inc, full, par = runs["incremental"], runs["full"], runs["parallel"]
+    same = all([a.token_ids for a in inc[2]] == [b.token_ids for b in r[2]] for r in (full, par))
     diff = max(abs(a.score - b.score) for a, b in zip(inc[2], full[2], strict=True))
     print(f"large {sizes[0]:.1f}M, small {sizes[1]:.1f}M params, vocab {args.vocab}; {args.prompts} prompts, "
           f"CBS({w},{k},{chunk}), {args.max_new} new tokens, {args.threads} thread(s)")  # fmt: skip
@@ -93,6 +97,7 @@ def main() -> None:
     for name, (sec, stats, _) in runs.items():
         print(f"{name:<14}{sec:>9.2f}{stats['small_tokens_fed']:>18}{stats['chunks']:>8}")
     print(f"full ÷ incremental: {full[0] / inc[0]:.2f}×   incremental ÷ large alone: {inc[0] / floor:.2f}×   "
+          f"parallel (--parallel-models: the small pair on two threads) ÷ incremental: {par[0] / inc[0]:.2f}×   "
           f"same tokens: {same}, max score difference {diff:.2e}")  # fmt: skip
 
 

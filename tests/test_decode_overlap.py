@@ -44,6 +44,34 @@ def test_parallel_models_score_the_same(decode_family):
     assert seq.score(texts, conts) == par.score(texts, conts)
 
 
+class CountingOverlap(Overlap):
+    """An Overlap that counts the thunks it hands to its worker thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_worker = 0
+
+    def run(self, calls):
+        self.on_worker += max(0, len(calls) - 1)
+        return super().run(calls)
+
+
+@pytest.mark.parametrize(
+    "rule", [FusionRule("cbs", beam_width=2, successors=2, chunk_len=3), FusionRule("bon", n=3)], ids=["cbs", "bon"]
+)
+def test_parallel_models_search_the_same(decode_family, rule):
+    texts = prompts(5, seed=9)
+    seq, par = both(decode_family, rule)
+    par.overlap.close()
+    par.overlap = CountingOverlap()
+    sampling = SamplingConfig(max_new_tokens=10, temperature=0.7, top_k=50, seed=2)
+    a = seq.generate(texts, sampling, batch_size=3)
+    b = par.generate(texts, sampling, batch_size=3)
+    assert [(g.token_ids, g.score) for g in a] == [(g.token_ids, g.score) for g in b]
+    # the expert prefilled and scored on the worker: one prefill per batch plus at least one chunk each
+    assert par.overlap.on_worker >= 2 * 2
+
+
 def test_the_large_model_runs_on_the_callers_thread_and_the_rest_in_order_on_one_worker():
     seen: list[tuple[int, str]] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from modelops.decode import rules
-from modelops.decode.sampling import SamplingConfig, warp
+from modelops.decode.sampling import ARGMAX_CHUNK, SamplingConfig, first_argmax, warp
 from modelops.decode.vocab import aligned_components
 
 V = 50
@@ -95,3 +95,33 @@ def test_width_alignment_masks_non_tokens_and_zeroes_missing_deltas():
     torch.testing.assert_close(fused, lsm(manual))
     same = aligned_components([large, large.clone(), large.clone()], width=6)
     assert all(c.shape == (2, 6) for c in same)
+
+
+def first_max_index(row: list[float]) -> int:
+    """The first position of the row's maximum, NaN counting as the maximum (torch.argmax's rule), by hand."""
+    for i, v in enumerate(row):
+        if v != v:
+            return i
+    best = 0
+    for i, v in enumerate(row):
+        if v > row[best]:
+            best = i
+    return best
+
+
+def test_first_argmax_is_the_first_maximum_of_every_row():
+    c = ARGMAX_CHUNK
+    for width in (7, 2 * c, 2 * c + 1, 5 * c, 5 * c + 37, 32000, 32001):
+        x = torch.randn(6, width, generator=torch.Generator().manual_seed(width)).round(decimals=1)
+        x[1, :] = 3.0  # a row of ties: column 0
+        x[2, -1] = 50.0  # the maximum in the (possibly short) last chunk
+        x[3, width // 2] = x[3, width - 1] = 40.0  # tie across chunks: the earlier one
+        x[4, :] = float("-inf")
+        x[5, width // 3] = float("nan")
+        got = first_argmax(x)
+        assert got.tolist() == [first_max_index(r) for r in x.tolist()], width
+    y = torch.randn(2, 3, 5 * c + 3, generator=torch.Generator().manual_seed(1))  # leading dims kept
+    assert first_argmax(y).shape == (2, 3)
+    assert first_argmax(y).flatten().tolist() == [first_max_index(r) for r in y.reshape(6, -1).tolist()]
+    ints = torch.randint(0, 5, (3, 5 * c), generator=torch.Generator().manual_seed(2))
+    assert first_argmax(ints).tolist() == [first_max_index(r) for r in ints.tolist()]

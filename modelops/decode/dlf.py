@@ -28,6 +28,9 @@ BLOCK_ELEMS = 1 << 16  # about this many floats per (rows, V) buffer of a block
 CHUNK_ELEMS = 1 << 24  # at most this many floats in the buffers kept between calls (64 MB); more rows go in turns
 TINY = 1e-30  # a tilted row sum below this has lost its terms to underflow
 SAFE_TOP = 40.0  # larger logits are shifted before the tilts are exponentiated
+TINY_NORM = 1e-20  # Σ e^{z} below this: the unshifted exponentials lost the row's mass to underflow
+# moments passes tried in turn: unshifted; shifted by each row's max; shifted with non-finite deltas counted as 0
+ATTEMPTS = ((False, False), (True, False), (True, True))
 
 
 def dlf_candidates(grid: list[float], n_experts: int, bounds: list[tuple[float, float]] | None = None) -> torch.Tensor:
@@ -57,6 +60,10 @@ class _Direction:
     sign: float
     magnitudes: list[float]
     columns: list[int]  # candidate index of each magnitude
+
+    def __post_init__(self) -> None:  # as tensors once, not on every step
+        self.magnitudes_t = torch.tensor(self.magnitudes, dtype=torch.float64)
+        self.columns_t = torch.tensor(self.columns)
 
 
 def _directions(candidates: torch.Tensor) -> list[_Direction]:
@@ -105,17 +112,25 @@ class _Moments:
         self.lse_large = lse[:, 0]  # log Σ e^{z_L}
         self.fwd_bar, self.bwd_bar = self.target_fwd.mean(-1), self.target_bwd.mean(-1)  # (B,)
 
-    def kls(self, t: int, rows: torch.Tensor, alpha: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor):
-        """(f, g) along expert t from Σw and Σw·d_t of w = e^{z_L + α d_t − shift}."""
+    def kls(self, t: int, rows: torch.Tensor | slice, alpha: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor):
+        """(f, g) along expert t from Σw and Σw·d_t (last axis of `sums`) of w = e^{z_L + α d_t − shift}.
+
+        `rows` picks each point's row: one index per point, or a slice when `alpha` is (rows, points)."""
         sums, alpha = sums.double(), alpha.double()
-        log_ratio = sums[:, 0].log() + shift.double() - self.lse_large[rows]  # log E_P[e^{α d}]
-        g = log_ratio - alpha * self.mean[rows, t]  # A(α)
-        f = alpha * (sums[:, 1] / sums[:, 0]) - log_ratio
+        lse, mean = self.lse_large[rows], self.mean[rows, t]
+        if alpha.dim() == 2:
+            lse, mean = lse[:, None], mean[:, None]
+        log_ratio = sums[..., 0].log() + shift.double() - lse  # log E_P[e^{α d}]
+        g = log_ratio - alpha * mean  # A(α)
+        f = alpha * (sums[..., 1] / sums[..., 0]) - log_ratio
         return f, g
 
-    def objective(self, rows: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Σ_t' (f − a_t')² + (g − b_t')² per evaluated point."""
-        return ((f[:, None] - self.target_fwd[rows]) ** 2 + (g[:, None] - self.target_bwd[rows]) ** 2).sum(-1)
+    def objective(self, rows: torch.Tensor | slice, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Σ_t' (f − a_t')² + (g − b_t')² per evaluated point (any leading shape of f, g, as in `kls`)."""
+        fwd, bwd = self.target_fwd[rows], self.target_bwd[rows]
+        if f.dim() == 2:
+            fwd, bwd = fwd[:, None], bwd[:, None]
+        return ((f[..., None] - fwd) ** 2 + (g[..., None] - bwd) ** 2).sum(-1)
 
 
 class DlfSearch:
@@ -151,19 +166,20 @@ class DlfSearch:
         values = self.workspace.get("values", (n_rows, 1 + 2 * n_exp, width), comps[0], ones_row=True)
         sums = comps[0].new_empty(n_rows, 2 + n_exp, 1 + 2 * n_exp)
         tops = comps[0].new_empty(n_rows, 2 + n_exp, 1)
-        for clean in (False, True):  # an infinite logit: rerun with its delta counted as 0 (METHODS.md §2.1)
-            for lo in range(0, n_rows, step):
-                sl = slice(lo, lo + step)
-                self._moments_block([z[sl] for z in comps], values[sl], sums[sl], tops[sl], clean)
-            if bool(torch.isfinite(sums).all()):
+        for shifted, clean in ATTEMPTS:
+            blocks = zip(*(x.split(step) for x in (*comps, values, sums, tops)), strict=True)
+            for *block, vals, out, top in blocks:  # split: every block's views in one call per tensor
+                self._moments_block(block, vals, out, top, shifted, clean)
+            if bool(torch.isfinite(sums).all() & (sums[:, :, 0] > TINY_NORM).all()):
                 break
         stats = _Moments(sums, tops[..., 0], n_exp)
         large = comps[0]
-        if not bool((tops[:, 0].abs() <= SAFE_TOP).all()):  # keep e^{z_L + α d} inside float32's range
-            large = large - tops[:, 0]
-            stats.lse_large = stats.lse_large - tops[:, 0, 0].double()
+        top = stats.lse_large.float()
+        if not bool((top.abs() <= SAFE_TOP).all()):  # keep e^{z_L + α d} inside float32's range
+            large = large - top[:, None]
+            stats.lse_large = stats.lse_large - top.double()
 
-        cand = self.candidates.to(comps[0].device)
+        cand = self.candidates = self.candidates.to(comps[0].device)
         objective = torch.full((n_rows, len(cand)), float("inf"), dtype=torch.float64, device=cand.device)
         if self.zero_column is not None:  # α = 0: P̃ = P, both KLs 0
             objective[:, self.zero_column] = (stats.target_fwd**2 + stats.target_bwd**2).sum(-1)
@@ -172,29 +188,46 @@ class DlfSearch:
         weights = cand[objective.argmin(-1)]  # first minimum = smallest α on ties
         fused = None
         if fuse:
-            fused = comps[0].clone()
-            for t in range(n_exp):
-                if bool(weights[:, t].ne(0).any()):  # d_t is finite: a row whose weight is 0 gets 0 added
-                    fused.addcmul_(weights[:, t : t + 1], values[:, 1 + t])
+            # d_t is finite (cleaned), so a row whose weight is 0 gets exactly 0 added; a fresh output, not a copy
+            active = [t for t in range(n_exp) if bool(weights[:, t].ne(0).any())]
+            fused = torch.addcmul(comps[0], weights[:, active[0], None], values[:, 1 + active[0]]) if active else None
+            fused = comps[0].clone() if fused is None else fused
+            for t in active[1:]:
+                fused.addcmul_(weights[:, t : t + 1], values[:, 1 + t])
         return weights, objective.float(), fused
 
     def _moments_block(
-        self, comps: list[torch.Tensor], values: torch.Tensor, out: torch.Tensor, tops: torch.Tensor, clean: bool
+        self,
+        comps: list[torch.Tensor],
+        values: torch.Tensor,
+        out: torch.Tensor,
+        tops: torch.Tensor,
+        shifted: bool,
+        clean: bool,
     ) -> None:
-        """One block: [1, d…, d²…] into `values`, the exponentials' matmul with it into `out`, maxima into `tops`.
+        """One block: [1, d…, d²…] into `values`, the exponentials' matmul with it into `out`, shifts into `tops`.
 
-        The block's logits are stacked into a small reused buffer, so every pass after the first stays in cache.
-        `clean`: non-finite deltas become 0.
+        `shifted`: exponentiate z − max z (else z itself, which is exact unless a sum overflows or underflows);
+        `clean`: non-finite deltas become 0. The buffers are small and reused, so later passes stay in cache.
         """
         n_exp = len(comps) - 2
         expo = self.workspace.get("exp", (comps[0].shape[0], len(comps), comps[0].shape[-1]), comps[0])
-        torch.stack(comps, 1, out=expo)  # (b, 2 + T, V)
-        torch.amax(expo, -1, keepdim=True, out=tops)
-        torch.sub(expo[:, 2:], expo[:, 1:2], out=values[:, 1 : 1 + n_exp])  # d_t = z_t − z_S−
+        _, *rows = values.unbind(1)  # [d_1…, d_1²…]
+        for t in range(n_exp):  # d_t = z_t − z_S−
+            torch.sub(comps[2 + t], comps[1], out=rows[t])
+        deltas = values[:, 1 : 1 + n_exp]
         if clean:
-            values[:, 1 : 1 + n_exp].nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        torch.mul(values[:, 1 : 1 + n_exp], values[:, 1 : 1 + n_exp], out=values[:, 1 + n_exp :])
-        torch.bmm(expo.sub_(tops).exp_(), values.transpose(1, 2), out=out)
+            deltas.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        torch.mul(deltas, deltas, out=values[:, 1 + n_exp :])
+        if shifted:
+            torch.stack(comps, 1, out=expo)  # (b, 2 + T, V)
+            torch.amax(expo, -1, keepdim=True, out=tops)
+            expo.sub_(tops).exp_()
+        else:
+            tops.zero_()
+            for z, e in zip(comps, expo.unbind(1), strict=True):
+                torch.exp(z, out=e)
+        torch.bmm(expo, values.transpose(1, 2), out=out)
 
 
 def _search_direction(
@@ -207,9 +240,9 @@ def _search_direction(
     workspace: _Workspace,
 ) -> None:
     """Fill `objective` at every grid point of this direction that could be a row's minimum (see the module doc)."""
-    t, mags, n = direction.expert, direction.magnitudes, len(direction.magnitudes)
+    t, n = direction.expert, len(direction.magnitudes)
     device, n_rows, n_exp = large.device, large.shape[0], (values.shape[1] - 1) // 2
-    mags_t = torch.tensor(mags, dtype=torch.float64, device=device)
+    mags_t = direction.magnitudes_t.to(device)
     guess = ((stats.fwd_bar + stats.bwd_bar).clamp_min(0.0) / stats.var[:, t]).sqrt().nan_to_num_(0.0)
     lo = torch.searchsorted(mags_t, guess, right=True) - 1  # (B,), −1 stands for α = 0, always "below"
     hi = lo + 1  # n: past the end, always "above"
@@ -218,20 +251,20 @@ def _search_direction(
     vals = values[:, : 1 + n_exp]  # [1, d_1…]: Σw and Σw·d_t in one matmul
     sums = large.new_empty(n_rows, 2, 1 + n_exp)
     x_buf = workspace.get("tilted", (min(step, n_rows), 2, large.shape[-1]), large)
-    for lo_row in range(0, n_rows, step):  # e^{z_L + α d_t} for both points of every row, block by block
-        sl = slice(lo_row, lo_row + step)
-        z = large[sl]
-        x = torch.addcmul(z[:, None], alpha[sl, :, None], values[sl, 1 + t : 2 + t], out=x_buf[: z.shape[0]])
-        torch.bmm(x.exp_(), vals[sl].transpose(1, 2), out=sums[sl])
-    rows = torch.arange(n_rows, device=device).repeat_interleave(2)
-    flat_alpha, flat_sums = alpha.reshape(-1), sums.reshape(-1, 1 + n_exp)[:, [0, 1 + t]]
-    shift = torch.zeros_like(flat_alpha)
-    bad = ~(torch.isfinite(flat_sums[:, 0]) & (flat_sums[:, 0] > TINY))
+    pieces = (large[:, None], alpha[:, :, None], values[:, 1 + t : 2 + t], vals.transpose(1, 2), sums)
+    for z, a, d, v, out in zip(*(x.split(step) for x in pieces), strict=True):  # e^{z_L + α d_t}, block by block
+        x = torch.addcmul(z, a, d, out=x_buf[: z.shape[0]])
+        torch.bmm(x.exp_(), v, out=out)
+    sums = sums[:, :, [0, 1 + t]]  # (B, 2, 2): Σw and Σw·d_t of both points
+    shift = torch.zeros_like(alpha)
+    bad = ~(torch.isfinite(sums[..., 0]) & (sums[..., 0] > TINY))
     if bool(bad.any()):  # an exponent overflowed or every term underflowed: redo those with the exact shift
-        idx = torch.nonzero(bad)[:, 0]
-        flat_sums[idx], shift[idx] = _evaluate_shifted(large, values, t, rows[idx], flat_alpha[idx])
-    f, g = _store(stats, direction, objective, rows, pair.reshape(-1), flat_alpha, flat_sums, shift)
-    f, g = f.view(n_rows, 2), g.view(n_rows, 2)
+        idx = torch.nonzero(bad)
+        sums[idx[:, 0], idx[:, 1]], shift[idx[:, 0], idx[:, 1]] = _evaluate_points(
+            large, values, t, idx[:, 0], alpha[idx[:, 0], idx[:, 1]]
+        )
+    f, g = stats.kls(t, slice(None), alpha, sums, shift)  # (B, 2) each
+    objective.scatter_(1, direction.columns_t.to(device)[pair], stats.objective(slice(None), f, g))
     fb, gb = stats.fwd_bar, stats.bwd_bar
     below = (lo < 0) | ((f[:, 0] <= fb) & (g[:, 0] <= gb))
     above = (hi >= n) | ((f[:, 1] >= fb) & (g[:, 1] >= gb))
@@ -252,21 +285,29 @@ def _store(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f, g) of evaluated points (row, grid index); their objective goes into `objective`."""
     f, g = stats.kls(direction.expert, rows, alpha, sums, shift)
-    cols = torch.tensor(direction.columns, device=objective.device)[grid]
+    cols = direction.columns_t.to(objective.device)[grid]
     objective[rows, cols] = stats.objective(rows, f, g)
     return f, g
 
 
-def _evaluate_shifted(
+def _evaluate_points(
     large: torch.Tensor, values: torch.Tensor, t: int, rows: torch.Tensor, alpha: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σw, Σw·d_t) and the shift, for one point per row, with w = e^{z_L + α d_t − shift}, shift = its max."""
-    vals = values[rows, : 1 + (values.shape[1] - 1) // 2]  # (k, 1 + T, V)
-    x = torch.addcmul(large[rows], alpha[:, None], vals[:, 1 + t])
-    shift = x.amax(-1)
-    x = x.sub_(shift[:, None]).exp_()
-    sums = torch.bmm(x[:, None], vals.transpose(1, 2))[:, 0]  # (k, 1 + T)
-    return sums[:, [0, 1 + t]], shift
+    """(Σw, Σw·d_t) and the shift, for one point per row, with w = e^{z_L + α d_t − shift}.
+
+    The shift is 0 where that is exact (a finite sum above TINY), else the row's max of z_L + α d_t."""
+    delta = values[:, 1 + t].index_select(0, rows)  # (k, V); index_select, not [rows]: a fast row copy
+    x = torch.addcmul(large.index_select(0, rows), alpha[:, None], delta)
+    w = x.exp()
+    sums = torch.stack([w.sum(-1), torch.linalg.vecdot(w, delta)], -1)  # (k, 2); a (k, 1, V) bmm is slow here
+    shift = torch.zeros_like(alpha)
+    bad = ~(torch.isfinite(sums).all(-1) & (sums[:, 0] > TINY))
+    if bool(bad.any()):
+        idx = torch.nonzero(bad)[:, 0]
+        shift[idx] = x[idx].amax(-1)
+        w = (x[idx] - shift[idx, None]).exp_()
+        sums[idx] = torch.stack([w.sum(-1), torch.linalg.vecdot(w, delta[idx])], -1)
+    return sums, shift
 
 
 def _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, g) -> None:
@@ -282,7 +323,7 @@ def _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, 
             return
         rows = torch.tensor([r for r, _ in want], device=large.device)
         alpha = torch.tensor([direction.sign * mags[j] for _, j in want], device=large.device)
-        sums, shift = _evaluate_shifted(large, values, t, rows, alpha)
+        sums, shift = _evaluate_points(large, values, t, rows, alpha)
         grid = torch.tensor([j for _, j in want], device=large.device)
         fv, gv = _store(stats, direction, objective, rows, grid, alpha, sums, shift)
         for (r, j), fr, gr in zip(want, fv.tolist(), gv.tolist(), strict=True):

@@ -35,15 +35,18 @@ def combine(components: list[torch.Tensor], coefficients: torch.Tensor | list[fl
     A zero coefficient skips its component, so −inf entries of an unused model never turn into NaN.
     """
     if not isinstance(coefficients, torch.Tensor) or coefficients.dim() == 1:
-        fused: torch.Tensor | None = None
-        for x, c in zip(components, [float(c) for c in coefficients], strict=True):
-            if c == 0.0:
-                continue
-            if fused is None:
-                fused = x.clone() if c == 1.0 else x * c
-            else:
-                fused.add_(x, alpha=c)  # in place, no temporary per component
-        return fused if fused is not None else torch.zeros_like(components[0])
+        terms = [(x, float(c)) for x, c in zip(components, coefficients, strict=True) if float(c) != 0.0]
+        if not terms:
+            return torch.zeros_like(components[0])
+        (first, c0), rest = terms[0], terms[1:]
+        if c0 == 1.0 and rest:  # x_0 + c_1 x_1 in one pass that also makes the output
+            (second, c1), rest = rest[0], rest[1:]
+            fused = torch.add(first, second, alpha=c1)
+        else:
+            fused = first.clone() if c0 == 1.0 else first * c0
+        for x, c in rest:
+            fused.add_(x, alpha=c)  # in place, no temporary per component
+        return fused
     coeffs = coefficients.to(components[0].device, torch.float32)  # (B, M): one weight vector per row
     out = torch.zeros_like(components[0])
     for m, x in enumerate(components):

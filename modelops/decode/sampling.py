@@ -35,6 +35,31 @@ class SamplingConfig:
             raise ModelopsError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+ARGMAX_CHUNK = 128  # first_argmax: columns per chunk
+
+
+def first_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(-1)` (first maximum on ties, NaN counts as the maximum), faster on CPU.
+
+    torch's CPU argmax over a 32k-wide row is scalar code (0.9 ms for 16 rows here, most of a greedy step's own
+    work); a vectorised amax per chunk of columns finds the first chunk holding the maximum, and argmax runs only
+    inside that chunk.
+    """
+    width = logits.shape[-1]
+    if logits.device.type != "cpu" or width <= 2 * ARGMAX_CHUNK or not logits.is_floating_point():
+        return logits.argmax(-1)
+    rows = logits.reshape(-1, width)
+    n = width // ARGMAX_CHUNK
+    maxima = rows[:, : n * ARGMAX_CHUNK].unflatten(-1, (n, ARGMAX_CHUNK)).amax(-1)  # (R, n)
+    if n * ARGMAX_CHUNK < width:
+        maxima = torch.cat([maxima, rows[:, n * ARGMAX_CHUNK :].amax(-1, keepdim=True)], -1)
+    start = maxima.argmax(-1) * ARGMAX_CHUNK  # (R,) first column of the first chunk holding the maximum
+    # the last chunk may be shorter: clamped columns repeat the row's last column, which cannot win a tie early
+    cols = (start[:, None] + torch.arange(ARGMAX_CHUNK, device=rows.device)).clamp_max_(width - 1)
+    best = start + rows.gather(1, cols).argmax(-1)
+    return best.reshape(logits.shape[:-1])
+
+
 def warp(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     """Temperature, then top-k, then top-p, on (B, V) fused logits; removed entries become −inf."""
     if config.greedy:
@@ -56,7 +81,7 @@ def warp(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
 def choose(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Next token per row from (B, V) fused logits."""
     if config.greedy:
-        return logits.argmax(-1)
+        return first_argmax(logits)
     probs = warp(logits, config).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 

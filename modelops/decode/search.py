@@ -20,14 +20,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from modelops.decode.loops import RowOutput, StopChecker, left_pad
 from modelops.decode.models import Member
+from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
-from modelops.decode.sampling import SamplingConfig, make_generator, warp
+from modelops.decode.sampling import SamplingConfig, first_argmax, make_generator, warp
 from modelops.decode.textsync import Detok, SmallSide, detok_push, shares_vocabulary
 from modelops.decode.vocab import align, stop_token_ids
 from modelops.errors import ModelopsError
@@ -84,6 +86,7 @@ class _Setup:
     keep_candidates: bool
     full_rescore: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    overlap: Overlap | None = None  # score with the base here and the expert on a worker thread
 
 
 def chunk_beam_search(
@@ -103,6 +106,7 @@ def chunk_beam_search(
     full_rescore: bool = False,
     stats: dict[str, Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    overlap: Overlap | None = None,
 ) -> list[SearchResult]:
     """CBS(W=beam_width, K=successors, L=chunk_len) for every prompt, `batch_size` prompts per batch.
 
@@ -110,7 +114,8 @@ def chunk_beam_search(
     overrides its seed. `text_level`: None picks per small model (ids when it shares the large model's
     vocabulary, text otherwise); True forces text re-tokenization. `full_rescore` re-feeds the whole response
     every chunk instead (the reference implementation's cost; for benchmarks only). `stats` is filled with
-    counters (chunks, large steps, small tokens fed, seconds).
+    counters (chunks, large steps, small tokens fed, seconds). `overlap` (`--parallel-models`): the two small
+    models prefill and score on two threads; the results are the same.
     """
     sampling = sampling or search_sampling()
     if seed is not None:
@@ -131,7 +136,7 @@ def chunk_beam_search(
     setup = _Setup(
         large, base, expert, text, stopper, sampling, beam_width, successors,
         chunk_len or sampling.max_new_tokens, keep_candidates, full_rescore,
-        stats if stats is not None else {},
+        stats if stats is not None else {}, overlap,
     )  # fmt: skip
     for key in ("chunks", "large_steps", "rows_sampled", "small_tokens_fed", "seconds"):
         setup.stats.setdefault(key, 0)
@@ -158,7 +163,7 @@ def best_of_n(
 def _sample(logits: torch.Tensor, prompt_of_row: list[int], sampling: SamplingConfig, gens: list[Any]) -> torch.Tensor:
     """Next token per row; each prompt's rows (contiguous) draw from that prompt's generator."""
     if sampling.greedy:
-        return logits.argmax(-1)
+        return first_argmax(logits)
     probs = warp(logits, sampling).softmax(-1)
     out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     lo = 0
@@ -182,8 +187,7 @@ def _search_batch(setup: _Setup, batch: list[str], seeds: list[int | None]) -> l
     sides = [
         SmallSide(m, t, setup.full_rescore) for m, t in zip((setup.base, setup.expert), setup.text_level, strict=True)
     ]
-    for side in sides:
-        side.prefill(batch)
+    run_all([partial(side.prefill, batch) for side in sides], setup.overlap)
     any_text = any(setup.text_level)
     rows = [p for p in range(len(batch)) for _ in range(setup.beam_width * setup.successors)]
     runner.select(torch.tensor(rows))
@@ -224,9 +228,9 @@ def _search_batch(setup: _Setup, batch: list[str], seeds: list[int | None]) -> l
                 b.detok, piece = detok_push(tok, b.detok, new[i], final=b.done)
                 b.text += piece
         eos = [b.done and b.out.finish_reason == "eos" for b in beams]
-        for side in sides:
-            side.advance([side.target(i, new[i], b.text, eos[i]) for i, b in enumerate(beams)])
-        base_lp, expert_lp = (side.logprobs() for side in sides)
+        targets = [[side.target(i, new[i], b.text, eos[i]) for i, b in enumerate(beams)] for side in sides]
+        calls = [partial(_score, side, ts) for side, ts in zip(sides, targets, strict=True)]
+        base_lp, expert_lp = run_all(calls, setup.overlap)
         for i, b in enumerate(beams):
             b.score = expert_lp[i] - base_lp[i]
         stats["chunks"] += 1
@@ -239,6 +243,12 @@ def _search_batch(setup: _Setup, batch: list[str], seeds: list[int | None]) -> l
                 side.select(small_rows)
     stats["small_tokens_fed"] += sum(side.tokens_fed for side in sides)
     return [_result(tok, pool, setup.keep_candidates) for pool in pools]
+
+
+def _score(side: SmallSide, targets: list[list[int]]) -> list[float]:
+    """Bring the side's rows to `targets` and return their cumulative scores (one small model's half of a chunk)."""
+    side.advance(targets)
+    return side.logprobs()
 
 
 def _select(
@@ -308,7 +318,7 @@ def run_search(
     stats: dict[str, Any] = {}
     results = chunk_beam_search(
         large, base, expert, prompts, sampling=sampling, batch_size=batch_size, stats=stats,
-        on_batch=on_batch, **shape,
+        on_batch=on_batch, overlap=decoder.overlap, **shape,
     )  # fmt: skip
     gens = [
         Generation(

@@ -30,7 +30,7 @@ import torch
 from modelops.decode.loops import RowOutput, StopChecker, prefill_all
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
-from modelops.decode.sampling import SamplingConfig, choose, make_generator, warp
+from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, warp
 from modelops.decode.vocab import align
 from modelops.errors import ModelopsError
 
@@ -73,7 +73,7 @@ def accept_greedy(target: torch.Tensor, drafts: torch.Tensor) -> tuple[torch.Ten
     Returns (n_accepted (B,), next token (B,)): drafts are kept while they equal argmax p, then argmax p at
     the first mismatch (or at the bonus position) is emitted.
     """
-    best = target.argmax(-1)  # (B, k+1)
+    best = first_argmax(target)  # (B, k+1)
     k = drafts.shape[1]
     n = (best[:, :k] == drafts).long().cumprod(1).sum(1)  # (B,) length of the matching prefix
     return n, best.gather(1, n[:, None])[:, 0]
@@ -157,7 +157,7 @@ class SpeculativeBatch:
                 break
             q_logits = align(raw, self.width, float("-inf"))
             if self.sampling.greedy:
-                x = q_logits.argmax(-1)
+                x = first_argmax(q_logits)
             else:
                 q = warp(q_logits, self.sampling).softmax(-1)
                 x = torch.multinomial(q, 1, generator=self.generator)[:, 0]
