@@ -100,7 +100,10 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--parallel-models",
-                help="Step the small models on a second thread beside the large one: same tokens, one more core.",
+                help=(
+                    "Step the small models on a second thread beside the large one (cbs/bon: the base and the "
+                    "expert score on two threads): same tokens, one more core."
+                ),
             ),
         ] = False,
     ) -> None:

@@ -257,7 +257,7 @@ def _search_direction(
         torch.bmm(x.exp_(), v, out=out)
     sums = sums[:, :, [0, 1 + t]]  # (B, 2, 2): Σw and Σw·d_t of both points
     shift = torch.zeros_like(alpha)
-    bad = ~(torch.isfinite(sums[..., 0]) & (sums[..., 0] > TINY))
+    bad = ~(torch.isfinite(sums).all(-1) & (sums[..., 0] > TINY))
     if bool(bad.any()):  # an exponent overflowed or every term underflowed: redo those with the exact shift
         idx = torch.nonzero(bad)
         sums[idx[:, 0], idx[:, 1]], shift[idx[:, 0], idx[:, 1]] = _evaluate_points(
