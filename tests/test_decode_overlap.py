@@ -68,8 +68,8 @@ def test_parallel_models_search_the_same(decode_family, rule):
     a = seq.generate(texts, sampling, batch_size=3)
     b = par.generate(texts, sampling, batch_size=3)
     assert [(g.token_ids, g.score) for g in a] == [(g.token_ids, g.score) for g in b]
-    # the expert prefilled and scored on the worker: one prefill per batch plus at least one chunk each
-    assert par.overlap.on_worker >= 2 * 2
+    # the expert scored on the worker: at least one chunk in each of the two batches
+    assert par.overlap.on_worker >= 2
 
 
 def test_the_large_model_runs_on_the_callers_thread_and_the_rest_in_order_on_one_worker():

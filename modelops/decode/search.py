@@ -115,7 +115,7 @@ def chunk_beam_search(
     vocabulary, text otherwise); True forces text re-tokenization. `full_rescore` re-feeds the whole response
     every chunk instead (the reference implementation's cost; for benchmarks only). `stats` is filled with
     counters (chunks, large steps, small tokens fed, seconds). `overlap` (`--parallel-models`): the two small
-    models prefill and score on two threads; the results are the same.
+    models score each chunk on two threads (targets are tokenized first, here); the results are the same.
     """
     sampling = sampling or search_sampling()
     if seed is not None:
@@ -187,7 +187,8 @@ def _search_batch(setup: _Setup, batch: list[str], seeds: list[int | None]) -> l
     sides = [
         SmallSide(m, t, setup.full_rescore) for m, t in zip((setup.base, setup.expert), setup.text_level, strict=True)
     ]
-    run_all([partial(side.prefill, batch) for side in sides], setup.overlap)
+    for side in sides:  # in turn: rendering the prompts tokenizes, and the two may share a tokenizer object
+        side.prefill(batch)
     any_text = any(setup.text_level)
     rows = [p for p in range(len(batch)) for _ in range(setup.beam_width * setup.successors)]
     runner.select(torch.tensor(rows))
