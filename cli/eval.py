@@ -104,7 +104,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(_relaunch(num_processes, argv))
         from transformers.utils import logging as hf_logging
 
-        from modelops.eval.harness import evaluate, leave_process_group
+        from modelops.eval.harness import evaluate
+        from modelops.eval.processes import end_worker_process, leave_process_group
 
         hf_logging.disable_progress_bar()  # one bar per model load is noise here; ours shows the rows
         sampling = SamplingConfig(max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW, temperature=temperature,
@@ -118,6 +119,7 @@ def register(app: typer.Typer) -> None:
                 bars.close()
             leave_process_group()
         if not rank0:
+            end_worker_process()
             return
         from rich.console import Console
 
@@ -131,6 +133,7 @@ def register(app: typer.Typer) -> None:
             with AtomicOutput(out, overwrite=overwrite) as tmp:
                 report.write(tmp)
             err(f"wrote results.json, results.csv and {len(report.results)} generations file(s) to {out}")
+        end_worker_process()  # rank 0 of a torchrun group, after everything is written
 
 
 def _systems(models: list[str], recipes: list[Path], zoo: Path | None) -> tuple[dict, list[str]]:

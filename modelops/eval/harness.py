@@ -17,6 +17,7 @@ from typing import Any
 
 from modelops.errors import RecipeError
 from modelops.eval.metrics import RewardModel, choice_prediction, exact_match, summarize
+from modelops.eval.processes import distributed_state
 from modelops.eval.report import EvalReport, TaskResult
 from modelops.eval.tasks import TaskSpec, answer_index, load_callable, load_task, resolve_model
 
@@ -293,33 +294,6 @@ def run_task(
     if [rec["index"] for rec in records] != list(range(n)):
         raise RuntimeError(f"gathered {len(records)} records for {n} rows of {task.name}")
     return records
-
-
-def distributed_state(device: str = "auto") -> Any:
-    """accelerate's PartialState when launched with several processes (accelerate launch / torchrun), else None.
-
-    On CPU it must be asked for explicitly (`cpu=True`): then it joins a gloo group from torchrun's environment.
-    """
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-
-
-def leave_process_group() -> None:
-    """End this process's part in a torchrun group, if it joined one.
-
-    Left to interpreter shutdown, gloo's threads are torn down in no fixed order and a process can abort
-    ("terminate called without an active exception") after its work is done.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def evaluate(
