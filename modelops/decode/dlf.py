@@ -190,10 +190,12 @@ class DlfSearch:
         if fuse:
             # d_t is finite (cleaned), so a row whose weight is 0 gets exactly 0 added; a fresh output, not a copy
             active = [t for t in range(n_exp) if bool(weights[:, t].ne(0).any())]
-            fused = torch.addcmul(comps[0], weights[:, active[0], None], values[:, 1 + active[0]]) if active else None
-            fused = comps[0].clone() if fused is None else fused
-            for t in active[1:]:
-                fused.addcmul_(weights[:, t : t + 1], values[:, 1 + t])
+            if not active:
+                fused = comps[0].clone()
+            else:
+                fused = torch.addcmul(comps[0], weights[:, active[0], None], values[:, 1 + active[0]])
+                for t in active[1:]:
+                    fused.addcmul_(weights[:, t : t + 1], values[:, 1 + t])
         return weights, objective.float(), fused
 
     def _moments_block(
@@ -257,11 +259,11 @@ def _search_direction(
         torch.bmm(x.exp_(), v, out=out)
     sums = sums[:, :, [0, 1 + t]]  # (B, 2, 2): Σw and Σw·d_t of both points
     shift = torch.zeros_like(alpha)
-    bad = ~(torch.isfinite(sums).all(-1) & (sums[..., 0] > TINY))
+    bad = ~_usable(sums)
     if bool(bad.any()):  # an exponent overflowed or every term underflowed: redo those with the exact shift
         idx = torch.nonzero(bad)
         sums[idx[:, 0], idx[:, 1]], shift[idx[:, 0], idx[:, 1]] = _evaluate_points(
-            large, values, t, idx[:, 0], alpha[idx[:, 0], idx[:, 1]]
+            large, values, t, idx[:, 0], alpha[idx[:, 0], idx[:, 1]], unshifted_first=False
         )
     f, g = stats.kls(t, slice(None), alpha, sums, shift)  # (B, 2) each
     objective.scatter_(1, direction.columns_t.to(device)[pair], stats.objective(slice(None), f, g))
@@ -290,24 +292,40 @@ def _store(
     return f, g
 
 
+def _usable(sums: torch.Tensor) -> torch.Tensor:
+    """Per point, whether its (Σw, Σw·d) are exact: finite, and Σw has not lost its terms to underflow."""
+    return torch.isfinite(sums).all(-1) & (sums[..., 0] > TINY)
+
+
 def _evaluate_points(
-    large: torch.Tensor, values: torch.Tensor, t: int, rows: torch.Tensor, alpha: torch.Tensor
+    large: torch.Tensor,
+    values: torch.Tensor,
+    t: int,
+    rows: torch.Tensor,
+    alpha: torch.Tensor,
+    unshifted_first: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σw, Σw·d_t) and the shift, for one point per row, with w = e^{z_L + α d_t − shift}.
 
-    The shift is 0 where that is exact (a finite sum above TINY), else the row's max of z_L + α d_t."""
+    The shift is 0 where that is exact (`_usable`), else the row's max of z_L + α d_t; `unshifted_first=False`
+    (the points' unshifted sums already failed) goes straight to the shift."""
     delta = values[:, 1 + t].index_select(0, rows)  # (k, V); index_select, not [rows]: a fast row copy
     x = torch.addcmul(large.index_select(0, rows), alpha[:, None], delta)
-    w = x.exp()
-    sums = torch.stack([w.sum(-1), torch.linalg.vecdot(w, delta)], -1)  # (k, 2); a (k, 1, V) bmm is slow here
     shift = torch.zeros_like(alpha)
-    bad = ~(torch.isfinite(sums).all(-1) & (sums[:, 0] > TINY))
-    if bool(bad.any()):
-        idx = torch.nonzero(bad)[:, 0]
-        shift[idx] = x[idx].amax(-1)
-        w = (x[idx] - shift[idx, None]).exp_()
-        sums[idx] = torch.stack([w.sum(-1), torch.linalg.vecdot(w, delta[idx])], -1)
+    if unshifted_first:
+        sums = _tilt_sums(x.exp(), delta)
+        redo = torch.nonzero(~_usable(sums))[:, 0]
+    else:
+        sums, redo = x.new_empty(len(rows), 2), torch.arange(len(rows), device=x.device)
+    if redo.numel():
+        shift[redo] = x[redo].amax(-1)
+        sums[redo] = _tilt_sums((x[redo] - shift[redo, None]).exp_(), delta[redo])
     return sums, shift
+
+
+def _tilt_sums(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """(k, 2): Σw and Σw·d per row; `vecdot`, as a (k, 1, V) bmm is much slower here."""
+    return torch.stack([w.sum(-1), torch.linalg.vecdot(w, delta)], -1)
 
 
 def _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, g) -> None:

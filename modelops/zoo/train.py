@@ -247,11 +247,11 @@ def generate(
     from transformers import DynamicCache
 
     out: list[list[int]] = []
+    kw = cache_keyword(model)
     for b0 in range(0, len(prompts), batch):
         ids, mask = pad_batch(prompts[b0 : b0 + batch], pad_id, left=True)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
-        kw = cache_keyword(model)
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
         rows: list[list[int]] = [[] for _ in range(len(ids))]
         done = torch.zeros(len(ids), dtype=torch.bool)
