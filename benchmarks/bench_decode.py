@@ -139,20 +139,22 @@ def fused_decode(decoder, prompts_ids: list[list[int]], new_tokens: int) -> floa
     return elapsed
 
 
-def dlf_cost(batch: int, vocab: int, reps: int, experts: int = 1) -> tuple[float, float, float]:
-    """(DlfSearch s/step, per-α loop s/step, fused eft combine s/step) on random-model-like logits."""
+def dlf_cost(batch: int, vocab: int, reps: int, experts: int = 1) -> tuple[float, float, float, float]:
+    """(DlfSearch s/step, its eager passes s/step, per-α loop s/step, fused eft combine s/step), random logits."""
     from modelops.decode import rules
     from modelops.decode.dlf import DlfSearch, dlf_candidates
 
     g = torch.Generator().manual_seed(0)
     zl, zb = torch.randn(batch, vocab, generator=g) * 0.5, torch.randn(batch, vocab, generator=g) * 0.5
     ze = [zb + 0.3 * torch.randn(batch, vocab, generator=g) for _ in range(experts)]
-    search = DlfSearch(dlf_candidates([round(0.1 * i, 1) for i in range(21)], experts))  # one per decode
-    search(zl, zb, ze)
-    t0 = time.perf_counter()
-    for _ in range(reps):
+    cands = dlf_candidates([round(0.1 * i, 1) for i in range(21)], experts)
+    timed = []
+    for search in (DlfSearch(cands), DlfSearch(cands, use_native=False)):  # one per decode: kernel, eager passes
         search(zl, zb, ze)
-    batched = (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            search(zl, zb, ze)
+        timed.append((time.perf_counter() - t0) / reps)
 
     def per_alpha() -> None:
         p, q = torch.log_softmax(zl, -1), torch.log_softmax(zb, -1)
@@ -175,7 +177,7 @@ def dlf_cost(batch: int, vocab: int, reps: int, experts: int = 1) -> tuple[float
     for _ in range(reps):
         rules.combine([zl, zb, ze[0]], rules.eft_coefficients()).argmax(-1)
     combine = (time.perf_counter() - t0) / reps
-    return batched, loop, combine
+    return timed[0], timed[1], loop, combine
 
 
 def main() -> None:
@@ -191,8 +193,11 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from modelops.decode import CoDecoder, FusionRule
+    from modelops.decode import CoDecoder, FusionRule, native
     from modelops.decode.models import Member
+
+    kernel = native.library()  # built (or loaded from the cache) before anything is timed
+    print(f"DLF search: {'native kernel' if kernel else 'eager torch passes (no C compiler, or MODELOPS_NATIVE=0)'}")
 
     large = llama(512, 2, 1536, args.vocab, 0)
     base = llama(64, 2, 256, args.vocab, 1)
@@ -232,14 +237,14 @@ def main() -> None:
             "modelops dlf": (fused_decode, (dlf, rows, n)),
         }
         times: dict[str, list[float]] = {name: [] for name in runs}
-        search: list[tuple[float, float, float]] = []  # per round: in the DLF decode, random logits, per-α loop
+        search: list[tuple[float, ...]] = []  # per round: in the DLF decode, random logits, per-α loop, eager passes
         for _ in range(args.repeats):
             for name, (fn, fn_args) in runs.items():
                 search_time.reset()
                 times[name].append(fn(*fn_args))
             inside = search_time.total / n
-            batched, loop, _ = dlf_cost(batch, args.vocab, reps=10)
-            search.append((inside, batched, loop))
+            batched, eager, loop, _ = dlf_cost(batch, args.vocab, reps=10)
+            search.append((inside, batched, loop, eager))
         names = list(runs)
         times = {
             "floor: own loops, DynamicCache": [sum(t) for t in zip(*(times[k] for k in names[:3]), strict=True)],
@@ -258,7 +263,7 @@ def main() -> None:
         print(
             f"         DLF weight search ÷ that round's fused EFT step (median {statistics.median(steps) * 1e3:.1f} ms): "
             f"on random logits {share(search, steps, 1)}; inside the DLF decode {share(search, steps, 0)}; "
-            f"a per-α loop {share(search, steps, 2)}"
+            f"eager passes (no kernel) on random logits {share(search, steps, 3)}; a per-α loop {share(search, steps, 2)}"
         )
 
 

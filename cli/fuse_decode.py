@@ -156,6 +156,8 @@ def register(app: typer.Typer) -> None:
             if not quiet:
                 err("stopped; no results file was written")
             raise
+        finally:
+            decoder.close()
         write_jsonl(run.rows, out, inputs=[prompts], overwrite=overwrite)
         rate = f", {run.new_tokens / run.seconds:.1f} tokens/s" if run.new_tokens and run.seconds > 0 else ""
         extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in run.stats.items())

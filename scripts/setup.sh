@@ -17,4 +17,9 @@ if ! .venv/bin/pip install -q -e ".[test]" >"$log" 2>&1; then
   exit 1
 fi
 rm -f "$log"
-.venv/bin/python -c "import modelops.cli.main, torch; print(f'modelops ready (torch {torch.__version__})')"
+# the DLF search's C kernel is built once here (about a second) rather than inside the first DLF decode
+.venv/bin/python -c "
+import modelops.cli.main, torch
+from modelops.decode import native
+kernel = 'DLF kernel built' if native.library() else 'no C compiler: DLF uses its eager torch search'
+print(f'modelops ready (torch {torch.__version__}; {kernel})')"

@@ -5,10 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modelops.decode import native
 from modelops.decode.dlf import DlfSearch, dlf_candidates, dlf_weights
 
 UNIFORM = [round(0.1 * i, 1) for i in range(21)]
 RAGGED = [-1.0, -0.6, -0.3, 0.0, 0.2, 0.5, 0.9, 1.4, 2.0, 3.0]
+
+
+@pytest.fixture(params=["native", "eager"])
+def use_native(request) -> bool:
+    """Every search test runs on both implementations: the C kernel and the eager torch passes."""
+    if request.param == "native":
+        assert native.library() is not None, "the DLF kernel did not build: is a C compiler (cc) installed?"
+    return request.param == "native"
 
 
 def randn(seed: int, rows: int, vocab: int, scale: float) -> torch.Tensor:
@@ -56,46 +65,48 @@ def assert_matches_naive(zl, zb, experts, cands, weights, objective) -> int:
 
 @pytest.mark.parametrize("n_experts", [1, 2, 3])
 @pytest.mark.parametrize("grid", [UNIFORM, RAGGED], ids=["uniform", "ragged"])
-def test_search_equals_the_candidate_by_candidate_objective(n_experts, grid):
+def test_search_equals_the_candidate_by_candidate_objective(n_experts, grid, use_native):
     rows, vocab = 24, 60
     for seed in range(3):
         zl, zb = randn(seed, rows, vocab, 2.0), randn(seed + 100, rows, vocab, 2.0)
         experts = [zb + randn(seed + 200 + t, rows, vocab, 0.3 + 0.4 * t) for t in range(n_experts)]
         cands = dlf_candidates(grid, n_experts)
-        weights, objective = dlf_weights(zl, zb, experts, cands)
+        weights, objective = dlf_weights(zl, zb, experts, cands, use_native=use_native)
         assert weights.shape == (rows, n_experts) and objective.shape == (rows, len(cands))
         assert ((weights != 0).sum(-1) <= 1).all()  # one expert active per step
         assert_matches_naive(zl, zb, experts, cands, weights, objective)
 
 
-def test_rows_whose_first_bracket_is_not_certified_are_widened():
+def test_rows_whose_first_bracket_is_not_certified_are_widened(use_native):
     # the large model far from the small base: the second-order guess misses for many rows
     rows, vocab = 64, 40
     zl, zb = randn(1, rows, vocab, 4.0), randn(2, rows, vocab, 1.0)
     experts = [zb + randn(3, rows, vocab, 1.5)]
     cands = dlf_candidates(UNIFORM, 1)
-    weights, objective = dlf_weights(zl, zb, experts, cands)
+    weights, objective = dlf_weights(zl, zb, experts, cands, use_native=use_native)
     most = assert_matches_naive(zl, zb, experts, cands, weights, objective)
     assert most > 3  # α = 0 and the two first points: some row needed more
 
 
-def test_picks_alpha_one_when_large_equals_small_base():
+def test_picks_alpha_one_when_large_equals_small_base(use_native):
     # P = Q, so α = 1 makes P̃ = Q+ exactly and both squared terms vanish
     zb = randn(0, 4, 50, 2.0)
     ze = zb + randn(1, 4, 50, 1.0)
-    weights, objective = dlf_weights(zb.clone(), zb, [ze], dlf_candidates(UNIFORM, 1))
+    weights, objective = dlf_weights(zb.clone(), zb, [ze], dlf_candidates(UNIFORM, 1), use_native=use_native)
     assert torch.allclose(weights[:, 0], torch.ones(4))
     assert objective.min(-1).values.max().item() < 1e-6
 
 
-def test_picks_zero_when_the_experts_are_the_small_base_and_ties_go_to_the_smallest_alpha():
+def test_picks_zero_when_the_experts_are_the_small_base_and_ties_go_to_the_smallest_alpha(use_native):
     zl, zb = randn(0, 4, 50, 3.0), randn(1, 4, 50, 3.0)
-    weights, objective = dlf_weights(zl, zb, [zb.clone(), zb.clone()], dlf_candidates(UNIFORM, 2))
+    weights, objective = dlf_weights(
+        zl, zb, [zb.clone(), zb.clone()], dlf_candidates(UNIFORM, 2), use_native=use_native
+    )
     assert torch.equal(weights, torch.zeros(4, 2))
     assert objective[:, 0].abs().max().item() < 1e-9
 
 
-def test_bounds_restrict_each_expert():
+def test_bounds_restrict_each_expert(use_native):
     cands = dlf_candidates(UNIFORM, 2, bounds=[(0.0, 0.5), (1.0, 2.0)])
     first, second = cands[:, 0], cands[:, 1]
     assert first.max().item() == pytest.approx(0.5) and second[second > 0].min().item() == pytest.approx(1.0)
@@ -103,30 +114,32 @@ def test_bounds_restrict_each_expert():
     assert cands[0].abs().sum() == 0  # α = 0 first
     zl, zb = randn(5, 16, 50, 2.0), randn(6, 16, 50, 2.0)
     experts = [zb + randn(7, 16, 50, 0.5), zb + randn(8, 16, 50, 0.9)]
-    weights, objective = dlf_weights(zl, zb, experts, cands)
+    weights, objective = dlf_weights(zl, zb, experts, cands, use_native=use_native)
     assert weights[:, 0].max() <= 0.5 and ((weights[:, 1] == 0) | (weights[:, 1] >= 1.0)).all()
     assert_matches_naive(zl, zb, experts, cands, weights, objective)
 
 
 @pytest.mark.parametrize("offset", [0.0, 300.0, -300.0])
-def test_peaked_rows_and_huge_logits_keep_the_exact_answer(offset):
+def test_peaked_rows_and_huge_logits_keep_the_exact_answer(offset, use_native):
     # scale 40: most tokens are e^-100 below the best one (tilted sums underflow or overflow without care);
     # an offset of ±300 on the raw logits would overflow or underflow e^{z} itself
     zl, zb = randn(0, 6, 50, 40.0) + offset, randn(1, 6, 50, 40.0)
     experts = [zb + randn(2, 6, 50, 1.0)]
     cands = dlf_candidates(RAGGED, 1)
-    weights, objective = dlf_weights(zl, zb, experts, cands)
+    weights, objective = dlf_weights(zl, zb, experts, cands, use_native=use_native)
     assert torch.isfinite(weights).all()
     assert_matches_naive(zl - offset, zb, experts, cands, weights, objective)
 
 
-def test_padding_columns_of_the_large_model_and_infinite_small_logits():
+def test_padding_columns_of_the_large_model_and_infinite_small_logits(use_native):
     zl, zb = randn(0, 4, 50, 2.0), randn(1, 4, 50, 2.0)
     ze = zb + randn(2, 4, 50, 0.5)
     zl[:, -3:] = float("-inf")  # not tokens of the large model (aligned_components pads with −inf)
-    search = DlfSearch(dlf_candidates(UNIFORM, 1))
+    search = DlfSearch(dlf_candidates(UNIFORM, 1), use_native=use_native)
     weights, _, fused = search(zl, zb, [ze], fuse=True)
-    ref_w, ref_obj = dlf_weights(zl[:, :-3], zb[:, :-3] + 0.0, [ze[:, :-3]], dlf_candidates(UNIFORM, 1))
+    ref_w, ref_obj = dlf_weights(
+        zl[:, :-3], zb[:, :-3] + 0.0, [ze[:, :-3]], dlf_candidates(UNIFORM, 1), use_native=use_native
+    )
     # the large model puts no mass on the padding, so those columns change nothing but the small normalisers
     assert torch.isfinite(fused[:, :-3]).all() and torch.isneginf(fused[:, -3:]).all()
     broken_base, broken_expert = zb.clone(), ze.clone()
@@ -137,27 +150,27 @@ def test_padding_columns_of_the_large_model_and_infinite_small_logits():
     assert ref_w.shape == weights.shape and ref_obj.shape == objective.shape
 
 
-def test_fused_logits_are_the_rule_with_each_rows_weight():
+def test_fused_logits_are_the_rule_with_each_rows_weight(use_native):
     zl, zb = randn(0, 5, 50, 2.0), randn(1, 5, 50, 2.0)
     experts = [zb + randn(2, 5, 50, 0.5), zb + randn(3, 5, 50, 0.8)]
-    weights, _, fused = DlfSearch(dlf_candidates(UNIFORM, 2))(zl, zb, experts, fuse=True)
+    weights, _, fused = DlfSearch(dlf_candidates(UNIFORM, 2), use_native=use_native)(zl, zb, experts, fuse=True)
     expected = zl + sum(weights[:, t : t + 1] * (experts[t] - zb) for t in range(2))
     torch.testing.assert_close(torch.log_softmax(fused, -1), torch.log_softmax(expected, -1))
 
 
-def test_blocks_and_reused_buffers_give_the_same_answer():
+def test_eager_blocks_and_reused_buffers_give_the_same_answer():
     zl, zb = randn(0, 7, 300, 2.0), randn(1, 7, 300, 2.0)
     experts = [zb + randn(2, 7, 300, 0.5)]
     cands = dlf_candidates(RAGGED, 1)
-    one_block, obj_one, _ = DlfSearch(cands, block_rows=7)(zl, zb, experts)
-    reused = DlfSearch(cands, block_rows=3)  # blocks of 3, 3 and 1; the same buffers for every call
+    one_block, obj_one, _ = DlfSearch(cands, block_rows=7, use_native=False)(zl, zb, experts)
+    reused = DlfSearch(cands, block_rows=3, use_native=False)  # blocks of 3, 3 and 1; the same buffers for every call
     for rows in (slice(0, 7), slice(2, 4), slice(0, 7)):
         weights, objective, _ = reused(zl[rows], zb[rows], [e[rows] for e in experts])
         assert torch.equal(weights, one_block[rows])
         torch.testing.assert_close(objective, obj_one[rows])
 
 
-def test_a_tilt_whose_every_term_underflows_is_recomputed_with_its_own_shift():
+def test_a_tilt_whose_every_term_underflows_is_recomputed_with_its_own_shift(use_native):
     # P sits on token 0, which the expert pushes down by 60 nats: e^{z_L + α d} is below float32's range for
     # every token at α = 2, so that point must be re-evaluated with the row's own maximum as the shift
     vocab = 30
@@ -168,20 +181,71 @@ def test_a_tilt_whose_every_term_underflows_is_recomputed_with_its_own_shift():
     ze[0, 0] = -60.0
     ze[0, 1:] = -torch.linspace(0.0, 5.0, vocab - 1)
     cands = dlf_candidates([0.0, 1.0, 2.0], 1)
-    weights, objective = dlf_weights(zl, zb, [ze], cands)
+    weights, objective = dlf_weights(zl, zb, [ze], cands, use_native=use_native)
     assert torch.isfinite(objective).any()
     assert_matches_naive(zl, zb, [ze], cands, weights, objective)
 
 
-def test_many_rows_go_in_chunks_with_the_same_answer(monkeypatch):
+def test_eager_search_takes_many_rows_in_chunks_with_the_same_answer(monkeypatch):
     import modelops.decode.dlf as dlf
 
     zl, zb = randn(0, 9, 40, 2.0), randn(1, 9, 40, 2.0)
     experts = [zb + randn(2, 9, 40, 0.5)]
     cands = dlf_candidates(UNIFORM, 1)
-    whole = DlfSearch(cands)(zl, zb, experts, fuse=True)
+    whole = DlfSearch(cands, use_native=False)(zl, zb, experts, fuse=True)
     monkeypatch.setattr(dlf, "CHUNK_ELEMS", 4 * 3 * 40)  # 4 rows per turn: 4, 4, 1
-    chunked = DlfSearch(cands)(zl, zb, experts, fuse=True)
+    chunked = DlfSearch(cands, use_native=False)(zl, zb, experts, fuse=True)
     assert torch.equal(whole[0], chunked[0])
     torch.testing.assert_close(whole[1], chunked[1])
     torch.testing.assert_close(whole[2], chunked[2])
+
+
+@pytest.mark.parametrize("n_experts", [1, 3])
+def test_kernel_and_eager_passes_make_the_same_choices(n_experts):
+    # decode-sized rows (V = 4000), a mix of nearly flat and peaked rows
+    rows, vocab = 12, 4000
+    scale = torch.linspace(0.5, 6.0, rows)[:, None]
+    zl, zb = randn(0, rows, vocab, 1.0) * scale, randn(1, rows, vocab, 1.0) * scale
+    experts = [zb + randn(2 + t, rows, vocab, 0.4 + 0.3 * t) for t in range(n_experts)]
+    cands = dlf_candidates(RAGGED, n_experts)
+    w_native, obj_native, fused_native = DlfSearch(cands)(zl, zb, experts, fuse=True)
+    w_eager, obj_eager, fused_eager = DlfSearch(cands, use_native=False)(zl, zb, experts, fuse=True)
+    assert torch.equal(w_native, w_eager)
+    assert torch.equal(torch.isfinite(obj_native), torch.isfinite(obj_eager))  # the same points evaluated
+    seen = torch.isfinite(obj_eager)
+    torch.testing.assert_close(obj_native[seen], obj_eager[seen], rtol=1e-3, atol=1e-7)
+    assert torch.equal(fused_native, fused_eager)
+
+
+def test_logits_the_kernel_refuses_go_to_the_eager_passes():
+    zl, zb = randn(0, 3, 50, 2.0), randn(1, 3, 50, 2.0)
+    ze = zb + randn(2, 3, 50, 0.5)
+    zl[1, 7] = float("nan")
+    search = DlfSearch(dlf_candidates(UNIFORM, 1))
+    assert search.native and native.search([zl, zb, ze], search.plan) is None  # a NaN: refused
+    got = search(zl, zb, [ze])
+    eager = DlfSearch(dlf_candidates(UNIFORM, 1), use_native=False)(zl, zb, [ze])
+    assert torch.equal(got[0], eager[0]) and torch.equal(got[1].isnan(), eager[1].isnan())
+
+
+def test_kernel_is_built_once_into_the_cache_and_a_failed_build_falls_back(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MODELOPS_CACHE", str(tmp_path))
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        built = list((tmp_path / "native").glob("dlf_kernel_*.so"))
+        assert len(built) == 1 and not list((tmp_path / "native").glob("tmp*"))  # no partial file left
+        mtime = built[0].stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.library() is not None and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
+        monkeypatch.setenv("MODELOPS_CACHE", str(tmp_path / "other"))
+        monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+        native.library.cache_clear()
+        assert native.library() is None and "eager torch passes" in caplog.text
+        zl, zb = randn(0, 2, 30, 2.0), randn(1, 2, 30, 2.0)
+        assert not native.usable([zl, zb, zb])
+        monkeypatch.setenv("MODELOPS_NATIVE", "0")
+        assert not DlfSearch(dlf_candidates(UNIFORM, 1)).native
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()

@@ -99,3 +99,20 @@ def test_a_failure_on_the_worker_reaches_the_caller():
             overlap.run([lambda: 1, boom])
     finally:
         overlap.close()
+
+
+def test_closing_the_decoder_stops_its_worker_thread_and_it_decodes_on(decode_family):
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("modelops-small-models")}
+
+    seq, par = both(decode_family, FusionRule("eft"))
+    texts, sampling = prompts(3, seed=5), SamplingConfig(max_new_tokens=6)
+    before = workers()  # other tests' decoders may still hold theirs
+    with par:
+        during = par.generate(texts, sampling)
+        assert workers() - before  # this decoder's worker exists while it is open
+    assert par.overlap is None and not workers() - before
+    after = par.generate(texts, sampling)  # sequential now, same tokens
+    expected = [g.token_ids for g in seq.generate(texts, sampling)]
+    assert [g.token_ids for g in during] == [g.token_ids for g in after] == expected
+    par.close()  # closing twice is harmless

@@ -14,7 +14,8 @@ Two evaluations per row and direction usually replace the whole grid, and the ar
 
 Cost: every normaliser, mean and second moment comes from one batched matmul of the shifted exponentials
 [P, Q, Q_1…] against [1, d_1…, d_1²…], and each evaluation from one matmul of e^{log P + α d} against [1, d…];
-rows go in blocks small enough that a block's buffers stay in CPU cache.
+rows go in blocks small enough that a block's buffers stay in CPU cache. That is this module's eager torch search
+(GPU, no C compiler, MODELOPS_NATIVE=0); on CPU the same search runs row by row in the C kernel of `native`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from modelops.decode import native
 
 BLOCK_ELEMS = 1 << 16  # about this many floats per (rows, V) buffer of a block
 CHUNK_ELEMS = 1 << 24  # at most this many floats in the buffers kept between calls (64 MB); more rows go in turns
@@ -134,15 +137,19 @@ class _Moments:
 
 
 class DlfSearch:
-    """DLF's per-step search over one candidate set (`dlf_candidates`); keep one per decode and call it each step."""
+    """DLF's per-step search over one candidate set (`dlf_candidates`); keep one per decode and call it each step.
 
-    def __init__(self, candidates: torch.Tensor, block_rows: int | None = None) -> None:
+    `use_native`: use the C kernel (`modelops.decode.native`) where it can run (the default), or never (False)."""
+
+    def __init__(self, candidates: torch.Tensor, block_rows: int | None = None, use_native: bool = True) -> None:
         self.candidates = candidates
         self.directions = _directions(candidates)
         zero = [c for c, row in enumerate(candidates.tolist()) if not any(row)]
         self.zero_column = zero[0] if zero else None
         self.block_rows = block_rows
         self.workspace = _Workspace()
+        self.native = use_native and native.enabled()
+        self.plan = native.NativePlan(candidates, self.directions, self.zero_column) if self.native else None
 
     def __call__(
         self, large: torch.Tensor, base: torch.Tensor, experts: list[torch.Tensor], fuse: bool = False
@@ -152,6 +159,11 @@ class DlfSearch:
         Candidates the certificates rule out without evaluating them get objective +inf; ties go to the first
         candidate (the smallest α).
         """
+        if self.native and native.usable(comps := [large.float(), base.float(), *[e.float() for e in experts]]):
+            found = native.search(comps, self.plan, fuse)
+            if found is not None:  # else NaN or +inf logits: the eager passes below give their answer
+                objective, choice, fused = found  # choice: the first minimum = the smallest α on ties
+                return self.candidates[choice], objective.float(), fused
         chunk = max(1, CHUNK_ELEMS // ((1 + 2 * len(experts)) * large.shape[-1]))
         if large.shape[0] > chunk:  # many rows (scoring): bound the buffers kept between calls
             parts = [
@@ -366,8 +378,12 @@ def _wanted(
 
 
 def dlf_weights(
-    large: torch.Tensor, base: torch.Tensor, experts: list[torch.Tensor], candidates: torch.Tensor
+    large: torch.Tensor,
+    base: torch.Tensor,
+    experts: list[torch.Tensor],
+    candidates: torch.Tensor,
+    use_native: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the candidate weight vector minimising DLF's objective: (weights (B, T), objective (B, C))."""
-    weights, objective, _ = DlfSearch(candidates)(large, base, experts)
+    weights, objective, _ = DlfSearch(candidates, use_native=use_native)(large, base, experts)
     return weights, objective

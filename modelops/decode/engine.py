@@ -122,6 +122,18 @@ class CoDecoder:
         # `parallel`: the small models step on a second thread beside the large one (same tokens, another core)
         self.overlap = Overlap() if parallel and len(members) > 1 else None
 
+    def close(self) -> None:
+        """Stop the `--parallel-models` worker thread (it would otherwise wait idle until the interpreter exits)."""
+        if self.overlap is not None:
+            self.overlap.close()
+            self.overlap = None
+
+    def __enter__(self) -> CoDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @classmethod
     def load(
         cls,
