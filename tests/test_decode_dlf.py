@@ -214,7 +214,7 @@ def test_kernel_and_eager_passes_make_the_same_choices(n_experts):
     assert torch.equal(torch.isfinite(obj_native), torch.isfinite(obj_eager))  # the same points evaluated
     seen = torch.isfinite(obj_eager)
     torch.testing.assert_close(obj_native[seen], obj_eager[seen], rtol=1e-3, atol=1e-7)
-    assert torch.equal(fused_native, fused_eager)
+    torch.testing.assert_close(fused_native, fused_eager, rtol=1e-6, atol=1e-6)  # FMA or not: last-bit rounding
 
 
 def test_logits_the_kernel_refuses_go_to_the_eager_passes():
