@@ -200,8 +200,26 @@ def test_eager_search_takes_many_rows_in_chunks_with_the_same_answer(monkeypatch
     torch.testing.assert_close(whole[2], chunked[2])
 
 
+def portable_build(tmp_path, monkeypatch) -> None:
+    """Load the kernel built without -march=native (what a compiler or CPU without it gets)."""
+    monkeypatch.setenv("MODELOPS_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "TUNED", [])
+    native.library.cache_clear()
+    assert native.library() is not None
+
+
+@pytest.mark.parametrize("build", ["tuned", "portable"])
 @pytest.mark.parametrize("n_experts", [1, 3])
-def test_kernel_and_eager_passes_make_the_same_choices(n_experts):
+def test_kernel_and_eager_passes_make_the_same_choices(n_experts, build, tmp_path, monkeypatch):
+    if build == "portable":
+        portable_build(tmp_path, monkeypatch)
+    try:
+        check_kernel_against_eager(n_experts)
+    finally:
+        native.library.cache_clear()  # the next test loads the tuned build again (the patches end with this test)
+
+
+def check_kernel_against_eager(n_experts: int) -> None:
     # decode-sized rows (V = 4000), a mix of nearly flat and peaked rows
     rows, vocab = 12, 4000
     scale = torch.linspace(0.5, 6.0, rows)[:, None]
