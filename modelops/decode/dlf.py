@@ -159,21 +159,22 @@ class DlfSearch:
         Candidates the certificates rule out without evaluating them get objective +inf; ties go to the first
         candidate (the smallest α).
         """
-        if self.native and native.usable(comps := [large.float(), base.float(), *[e.float() for e in experts]]):
+        comps = [large.float(), base.float(), *[e.float() for e in experts]]
+        if self.native and native.usable(comps):
             found = native.search(comps, self.plan, fuse)
-            if found is not None:  # else NaN or +inf logits: the eager passes below give their answer
+            if found is not None:  # else NaN or +inf logits: the eager passes give their answer
                 objective, choice, fused = found  # choice: the first minimum = the smallest α on ties
                 return self.candidates[choice], objective.float(), fused
-        chunk = max(1, CHUNK_ELEMS // ((1 + 2 * len(experts)) * large.shape[-1]))
-        if large.shape[0] > chunk:  # many rows (scoring): bound the buffers kept between calls
-            parts = [
-                self(large[i : i + chunk], base[i : i + chunk], [e[i : i + chunk] for e in experts], fuse)
-                for i in range(0, large.shape[0], chunk)
-            ]
+        return self._eager(comps, fuse)
+
+    def _eager(self, comps: list[torch.Tensor], fuse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The search in torch ops, on float32 [large, base, experts…]."""
+        n_rows, width, n_exp = comps[0].shape[0], comps[0].shape[-1], len(comps) - 2
+        chunk = max(1, CHUNK_ELEMS // ((1 + 2 * n_exp) * width))
+        if n_rows > chunk:  # many rows (scoring): bound the buffers kept between calls
+            parts = [self._eager([c[i : i + chunk] for c in comps], fuse) for i in range(0, n_rows, chunk)]
             fused = torch.cat([p[2] for p in parts]) if fuse else None  # type: ignore[misc]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), fused
-        comps = [large.float(), base.float(), *[e.float() for e in experts]]
-        n_rows, width, n_exp = comps[0].shape[0], comps[0].shape[-1], len(experts)
         step = self.block_rows or max(1, BLOCK_ELEMS // width)
         values = self.workspace.get("values", (n_rows, 1 + 2 * n_exp, width), comps[0], ones_row=True)
         sums = comps[0].new_empty(n_rows, 2 + n_exp, 1 + 2 * n_exp)
