@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from modelops.cache import cache_root
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("dlf_kernel.c")
@@ -32,11 +34,6 @@ P = ctypes.c_void_p
 
 def enabled() -> bool:
     return os.environ.get("MODELOPS_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("MODELOPS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "modelops")
-    return Path(root) / "native"
 
 
 def _cpu_signature() -> str:
@@ -82,7 +79,7 @@ def library() -> ctypes.CDLL | None:
             [SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS + TUNED).encode(), _cpu_signature().encode()]
         )
     ).hexdigest()[:20]
-    target = _cache_dir() / f"dlf_kernel_{key}.so"
+    target = cache_root() / "native" / f"dlf_kernel_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         if not (_compile(compiler, FLAGS + TUNED, target) or _compile(compiler, FLAGS, target)):

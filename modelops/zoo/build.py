@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelops import __version__
+from modelops.cache import cache_root
 from modelops.errors import ModelopsError, OutputError
 from modelops.zoo.presets import PRESETS, Preset
 
@@ -51,7 +52,7 @@ class NullProgress:
 
 def zoo_root() -> Path:
     """`$MODELOPS_CACHE/zoo`, else `~/.cache/modelops/zoo`."""
-    return Path(os.environ.get("MODELOPS_CACHE") or "~/.cache/modelops").expanduser() / "zoo"
+    return cache_root() / "zoo"
 
 
 def get_preset(name: str) -> Preset:
