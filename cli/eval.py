@@ -70,6 +70,13 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--num-processes", min=1, help="Data-parallel processes (accelerate launch).")
         ] = 1,
         device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
+        parallel_models: Annotated[
+            bool,
+            typer.Option(
+                "--parallel-models",
+                help="Fused systems step their small models on a second thread: same tokens, one more core.",
+            ),
+        ] = False,
         quiet: Quiet = False,
         threads: Threads = 1,
     ) -> None:
@@ -101,6 +108,7 @@ def register(app: typer.Typer) -> None:
             argv += ["--batch-size", str(batch_size), "--temperature", str(temperature), "--top-p", str(top_p),
                      "--seed", str(seed), "--bootstrap", str(bootstrap), "--device", device,
                      "--threads", str(threads)] + ["--overwrite"] * overwrite + ["-q"] * quiet  # fmt: skip
+            argv += ["--parallel-models"] * parallel_models
             raise typer.Exit(_relaunch(num_processes, argv))
         from transformers.utils import logging as hf_logging
 
@@ -113,7 +121,7 @@ def register(app: typer.Typer) -> None:
         bars = None if quiet or not rank0 else _Bars()
         try:
             report = evaluate(systems, specs, sampling, batch_size, limit, resamples=bootstrap, seed=seed,
-                              device=device, progress=bars)  # fmt: skip
+                              device=device, progress=bars, parallel_models=parallel_models)  # fmt: skip
         finally:
             if bars is not None:
                 bars.close()

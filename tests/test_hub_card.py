@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def test_expo_card_fields_and_embedded_recipe(tmp_path, no_network) -> None:
     assert "| update_survival | 0.6712 |" in card.text
     assert "reward: 1.5" in card.text  # nested metrics as YAML
     assert "a" * 40 in card.text and "0.1.0" in card.text  # input commits and modelops version
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    homepage = re.search(r'^Homepage = "([^"]+)"', pyproject, re.M).group(1)
+    assert f"made with [modelops]({homepage})" in card.text  # the project's own URL, from its metadata
 
 
 def test_adapter_card_is_peft_with_adapter_relation(tmp_path, no_network) -> None:

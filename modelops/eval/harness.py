@@ -72,15 +72,15 @@ class SystemSpec:
 
         return FusionRule.from_spec(self, self.rule, alpha_grid=self.alpha_grid or None)  # empty grid: the default
 
-    def build(self, device: str = "cpu") -> Any:
-        """The CoDecoder for this system (or the prebuilt one)."""
+    def build(self, device: str = "cpu", *, parallel: bool = False) -> Any:
+        """The CoDecoder for this system (or the prebuilt one); `parallel`: small models on a second thread."""
         from modelops.decode.engine import CoDecoder
 
         if self.decoder is not None:
             return self.decoder
         return CoDecoder.load(
             self.large, self.small_base, self.experts, self.fusion_rule(),
-            chat_template_for=self.chat_template_for, device=device, dtype=self.dtype,
+            chat_template_for=self.chat_template_for, device=device, dtype=self.dtype, parallel=parallel,
         )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
@@ -307,9 +307,11 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     progress: Progress | None = None,
+    parallel_models: bool = False,
 ) -> EvalReport:
     """Every system on every task. Systems are loaded one at a time; under accelerate every process gets the
-    whole report (rank 0 is the one to print and write it)."""
+    whole report (rank 0 is the one to print and write it). `parallel_models`: fused systems step their small
+    models on a second thread (`--parallel-models`; the same tokens)."""
     from modelops.decode.sampling import SamplingConfig
     from modelops.devices import pick_device
 
@@ -328,7 +330,7 @@ def evaluate(
         pairs = [(system.for_task(t.name), [t]) for t in tasks] if system.per_task else [(system, tasks)]
         for concrete, its_tasks in pairs:
             logger.debug("loading %s", name)
-            decoder = concrete.build(dev)
+            decoder = concrete.build(dev, parallel=parallel_models)
             own = replace(sampling, **system.sampling) if system.sampling else sampling
             for task in its_tasks:
                 t0 = time.perf_counter()
@@ -345,6 +347,8 @@ def evaluate(
                         time.perf_counter() - t0, nproc, records,
                     )
                 )  # fmt: skip
+            if concrete.decoder is None:  # built here: stop its worker thread; a prebuilt one is the caller's
+                decoder.close()
             del decoder
     return report
 

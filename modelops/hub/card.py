@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 RECIPE_FILE = "modelops_recipe.yaml"
 CARD_FILE = "README.md"
-PROJECT_URL = "https://github.com/modelops/modelops"
+PROJECT_URL = "https://github.com/modelops/modelops"  # used when the package metadata is not installed
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Methods that are not weight merges (or a fallback when the merge registry cannot be imported):
@@ -198,7 +198,7 @@ def card_fields(folder: Path, recipe: dict[str, Any]) -> dict[str, Any]:
     scalars = [(k, _fmt(v)) for k, v in metrics.items() if k not in nested]
     return {
         "title": output_name(folder),
-        "project_url": PROJECT_URL,
+        "project_url": project_url(),
         "version": block.get("version") or _version(),
         "operation": operation,
         "is_merge": bool(recipe.get("merge_method")),
@@ -294,6 +294,21 @@ def _pipeline_tag(folder: Path, is_adapter: bool) -> str | None:
 
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def project_url() -> str:
+    """The Homepage of pyproject.toml's [project.urls], as installed: one place to change it."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        entries = metadata("modelops").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return PROJECT_URL
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() == "homepage" and url.strip():
+            return url.strip()
+    return PROJECT_URL
 
 
 def _version() -> str:
