@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import pytest
 from decode_fixtures import prompts
+from typer.testing import CliRunner
 
 from modelops.decode import CoDecoder, FusionRule, SamplingConfig
 from modelops.decode.overlap import Overlap
@@ -116,3 +119,40 @@ def test_closing_the_decoder_stops_its_worker_thread_and_it_decodes_on(decode_fa
     expected = [g.token_ids for g in seq.generate(texts, sampling)]
     assert [g.token_ids for g in during] == [g.token_ids for g in after] == expected
     par.close()  # closing twice is harmless
+
+
+def test_eval_parallel_models_gives_the_sequential_generations(decode_family, tmp_path: Path):
+    """`modelops eval --parallel-models`: fused systems (EFT, DLF) write the sequential run's generations, the
+    small models step on a worker thread while rows decode, and each system's worker stops when it is done."""
+    from modelops.cli.main import app
+    from modelops.eval.harness import evaluate, load_recipe
+    from modelops.eval.tasks import load_task
+
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("modelops-small-models")}
+
+    fam = {k: str(v) for k, v in decode_family.items()}
+    task = tmp_path / "em.jsonl"
+    task.write_text("".join(json.dumps({"prompt": p, "reference": "w1"}) + "\n" for p in prompts(5, seed=6)))
+    recipes = []
+    for rule in ("eft", "dlf"):
+        recipes.append(tmp_path / f"{rule}.yaml")
+        recipes[-1].write_text(f"name: {rule}\nlarge: {fam['large']}\nsmall_base: {fam['base']}\n"
+                               f"experts: [{fam['expert']}]\nrule: {rule}\nweights: [0.7]\n")  # fmt: skip
+    gens = {}
+    for flag in ([], ["--parallel-models"]):
+        out = tmp_path / f"out{len(flag)}"
+        args = ["eval", "--task", str(task), *[a for r in recipes for a in ("--recipe", str(r))],
+                "--max-new-tokens", "6", "--batch-size", "2", "--out", str(out), "-q", "--bootstrap", "50", *flag]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        gens[len(flag)] = {f.name: f.read_text() for f in sorted(out.glob("generations_*.jsonl"))}
+    assert sorted(gens[0]) == ["generations_dlf_em.jsonl", "generations_eft_em.jsonl"]
+    assert gens[0] == gens[1]
+
+    before, seen = workers(), []
+    systems = {n: s for r in recipes for n, s in load_recipe(r)[0].items()}
+    evaluate(systems, [load_task(str(task))], batch_size=2, device="cpu", parallel_models=True,
+             progress=lambda *_: seen.append(bool(workers() - before)))  # fmt: skip
+    assert seen == [True] * 6  # 2 systems × 3 batches, each decoded with a live worker
+    assert not workers() - before  # closed by evaluate, not left to the garbage collector

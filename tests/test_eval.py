@@ -322,46 +322,6 @@ def test_cli_outputs_agree_with_the_table(app: typer.Typer, fam: dict, greedy: d
     assert f"{row['mean']:+.3f}" in result.output
 
 
-def test_parallel_models_gives_the_same_generations(app: typer.Typer, fam: dict, tmp_path: Path) -> None:
-    """`eval --parallel-models`: fused systems (EFT, DLF) give the sequential generations, with the small models
-    stepping on the worker thread while the rows are decoded."""
-    import threading
-
-    import modelops.eval.harness as harness
-
-    task = jsonl(tmp_path / "em.jsonl", [{"prompt": p, "reference": "w1"} for p in PROMPTS[:5]])
-    a, b = fam["model"], fam["model2"]
-    recipes = []
-    for rule in ("eft", "dlf"):
-        recipes += ["--recipe", str(tmp_path / f"{rule}.yaml")]
-        (tmp_path / f"{rule}.yaml").write_text(
-            f"name: {rule}\nlarge: {a}\nsmall_base: {b}\nexperts: [{a}]\nrule: {rule}\nweights: [0.7]\n"
-        )
-    workers: list[bool] = []
-    score_batch = harness._score_batch
-
-    def watched(*args: object, **kw: object) -> list:
-        out = score_batch(*args, **kw)
-        workers.append(any(t.name.startswith("modelops-small-models") for t in threading.enumerate()))
-        return out
-
-    gens = {}
-    for flag in ([], ["--parallel-models"]):
-        out = tmp_path / f"out{len(flag)}"
-        args = ["eval", "--task", str(task), *recipes, "--max-new-tokens", "6", "--batch-size", "2",
-                "--out", str(out), "-q", "--bootstrap", "50", *flag]  # fmt: skip
-        harness._score_batch, workers[:] = watched, []
-        try:
-            result = CliRunner().invoke(app, args)
-        finally:
-            harness._score_batch = score_batch
-        assert result.exit_code == 0, result.output
-        assert workers == [bool(flag)] * 6  # 2 systems × 3 batches
-        gens[len(flag)] = {f.name: f.read_text() for f in sorted(out.glob("generations_*.jsonl"))}
-    assert sorted(gens[0]) == ["generations_dlf_em.jsonl", "generations_eft_em.jsonl"]
-    assert gens[0] == gens[1]
-
-
 def test_two_processes_give_the_same_results(fam: dict, tmp_path: Path) -> None:
     """Data-parallel through accelerate's PartialState (gloo on CPU, started by torchrun) == one process."""
     rows = [{"prompt": p, "reference": "w1"} for p in PROMPTS] + [
