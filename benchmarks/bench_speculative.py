@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,7 +71,9 @@ def timed(fn):
     return out, best
 
 
-def compare(name: str, decoder, texts: list[str], draft_lens: list[int], batch: int, new_tokens: int) -> None:
+def compare(
+    name: str, decoder, texts: list[str], draft_lens: list[int], batch: int, new_tokens: int, schedules: list[str]
+) -> None:
     from modelops.decode import SamplingConfig
     from modelops.decode.speculative import speculative_generate
 
@@ -81,16 +84,20 @@ def compare(name: str, decoder, texts: list[str], draft_lens: list[int], batch: 
     print(
         f"{name:34s} batch {batch:2d}  plain EFT      {n_tok / t_plain:8.1f} tok/s  ({n_tok} tokens, {t_plain:.2f} s)"
     )
-    for k in draft_lens:
-        (gens, st), t = timed(lambda k=k: speculative_generate(decoder, texts, greedy, k, batch_size=batch))
-        same = [g.token_ids for g in gens] == [g.token_ids for g in plain]
-        sampled = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, seed=0)
-        _, st_s = speculative_generate(decoder, texts, sampled, k, batch_size=batch)
-        print(
-            f"{'':34s} batch {batch:2d}  speculative K={k} {n_tok / t:8.1f} tok/s  x{t_plain / t:4.2f}  "
-            f"greedy: accept {st.acceptance_rate:.3f}, {st.tokens_per_round:.2f} tok/round, identical {same}; "
-            f"T=1: accept {st_s.acceptance_rate:.3f}, {st_s.tokens_per_round:.2f} tok/round"
-        )
+    for schedule in schedules:
+        for k in draft_lens:
+            run = partial(speculative_generate, decoder, texts, batch_size=batch, schedule=schedule)
+            (gens, st), t = timed(lambda k=k, run=run: run(greedy, draft_len=k))
+            same = [g.token_ids for g in gens] == [g.token_ids for g in plain]
+            sampled = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, seed=0)
+            _, st_s = run(sampled, draft_len=k)
+            label = f"K={k}" + (f" {schedule[:5]}" if schedule != "constant" else "")
+            print(
+                f"{'':34s} batch {batch:2d}  spec. {label:<11s} {n_tok / t:8.1f} tok/s  x{t_plain / t:4.2f}  "
+                f"greedy: accept {st.acceptance_rate:.3f}, {st.tokens_per_round:.2f} tok/round, "
+                f"{st.mean_draft_len:.2f} drafts, identical {same}; "
+                f"T=1: accept {st_s.acceptance_rate:.3f}, {st_s.tokens_per_round:.2f} tok/round"
+            )
 
 
 def main() -> None:
@@ -98,6 +105,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--draft-lens", default="2,4")
+    ap.add_argument("--schedules", default="constant,heuristic", help="draft-length schedules to time")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per measurement")
     ap.add_argument("--no-random", action="store_true")
@@ -114,6 +122,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     draft_lens = [int(x) for x in args.draft_lens.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
+    schedules = args.schedules.split(",")
     if not args.no_random:
         decoder, sizes = random_decoder(args.vocab)
         g = torch.Generator().manual_seed(0)
@@ -122,7 +131,7 @@ def main() -> None:
             for _ in range(args.prompts)
         ]
         for b in batches:
-            compare(f"random {sizes}, vocab {args.vocab}", decoder, texts, draft_lens, b, args.new_tokens)
+            compare(f"random {sizes}, vocab {args.vocab}", decoder, texts, draft_lens, b, args.new_tokens, schedules)
     zoo = None if args.no_zoo else find_zoo()
     if zoo is None:
         print("zoo: no full build found (modelops zoo build --preset full); skipped")
@@ -135,7 +144,8 @@ def main() -> None:
         ]
         decoder = CoDecoder.load(str(zoo / "large_base"), str(zoo / "small_base"), [str(zoo / expert)], FusionRule())
         for b in batches:
-            compare(f"zoo large_base+{expert} ({task})", decoder, [r["prompt"] for r in rows], draft_lens, b, 24)
+            prompts = [r["prompt"] for r in rows]
+            compare(f"zoo large_base+{expert} ({task})", decoder, prompts, draft_lens, b, 24, schedules)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,14 @@ def register(app: typer.Typer) -> None:
                 "--speculative", help="The first expert drafts K tokens per round; output identical to plain decoding."
             ),
         ] = None,
+        speculative_schedule: Annotated[
+            str | None,
+            typer.Option(
+                "--speculative-schedule",
+                help="constant (K every round) or heuristic (start at K; +2 after a round with every draft "
+                "accepted, -1 otherwise, as transformers' assisted generation).",
+            ),
+        ] = None,
         max_new_tokens: Annotated[
             int | None, typer.Option("--max-new-tokens", help="New tokens per prompt (default 128).")
         ] = None,
@@ -127,6 +135,7 @@ def register(app: typer.Typer) -> None:
             "chunk_len": chunk_len,
             "n": n,
             "speculative": speculative,
+            "speculative_schedule": speculative_schedule,
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "top_k": top_k,

@@ -11,7 +11,13 @@ from transformers import AutoModelForCausalLM
 
 from modelops.decode import CoDecoder, FusionRule, SamplingConfig
 from modelops.decode.loops import StopChecker
-from modelops.decode.speculative import SpeculativeBatch, accept_greedy, accept_sampled, speculative_generate
+from modelops.decode.speculative import (
+    SpeculativeBatch,
+    accept_greedy,
+    accept_sampled,
+    next_draft_len,
+    speculative_generate,
+)
 from modelops.errors import ModelopsError
 
 EOS = 2
@@ -99,6 +105,49 @@ def test_speculative_greedy_equals_plain_eft_greedy(request, family, batch_size,
     assert [g.token_ids for g in gens] == plain_tokens(decoder, texts, sampling, batch_size)
     assert stats.drafted > 0 and stats.rounds > 0
     assert stats.tokens_per_round == pytest.approx(1 + stats.accepted / stats.row_rounds)
+
+
+def test_heuristic_schedule_follows_transformers_rule():
+    """+2 after a round with every draft accepted, -1 otherwise, never below 1 (transformers' "heuristic")."""
+    assert [next_draft_len(4, True, "heuristic"), next_draft_len(4, False, "heuristic")] == [6, 3]
+    assert [next_draft_len(1, False, "heuristic"), next_draft_len(2, False, "heuristic")] == [1, 1]
+    assert next_draft_len(4, True) == next_draft_len(4, False) == 4  # constant
+    with pytest.raises(ModelopsError, match="expected one of constant, heuristic"):
+        next_draft_len(4, True, "linear")
+
+
+@pytest.mark.parametrize("family", ["decode_family", "related_family", "identical"])
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_heuristic_schedule_decodes_like_plain_eft_and_adapts_round_by_round(request, family, batch_size):
+    """Greedy output stays plain EFT's; every round's draft length (read off the drafted/accepted counts)
+    follows from the previous round's outcome."""
+    if family == "identical":
+        base = request.getfixturevalue("related_family")["base"]
+        fam = {k: base for k in ("large", "base", "expert")}
+    else:
+        fam = {k: str(v) for k, v in request.getfixturevalue(family).items()}
+    decoder = eft(fam)
+    texts = prompts(batch_size, seed=3)
+    sampling = SamplingConfig(max_new_tokens=40)
+    gens, _ = speculative_generate(decoder, texts, sampling, 3, batch_size=batch_size, schedule="heuristic")
+    assert [g.token_ids for g in gens] == plain_tokens(decoder, texts, sampling, batch_size)
+    stopper = StopChecker(decoder.stop_ids, [], decoder.tokenizer, sampling.max_new_tokens)
+    batch = SpeculativeBatch(decoder.runners(), decoder.fuse, decoder.width, sampling, stopper, 3, schedule="heuristic")
+    alive, k, lens = batch.start(decoder._prompt_ids(texts), decoder.pad_id), 3, []
+    while alive:
+        rows, drafted, accepted = len(batch.live), batch.stats.drafted, batch.stats.accepted
+        remaining = max(sampling.max_new_tokens - len(batch.outputs[r].token_ids) for r in batch.live.tolist())
+        alive = batch.round()
+        used = (batch.stats.drafted - drafted) // rows
+        assert used == min(k, remaining - 1)
+        if used:
+            k = k + 2 if batch.stats.accepted - accepted == rows * used else max(1, k - 1)
+        lens.append(used)
+    if family == "identical":
+        assert lens[:3] == [3, 5, 7]  # every draft passes: +2 a round
+    elif family == "decode_family":
+        drafting = [n for n in lens if n]  # the last round may have no room left for a draft
+        assert drafting[0] == 3 and drafting[-1] == 1  # unrelated models reject: down to one draft
 
 
 def test_greedy_equality_holds_with_stop_strings_eos_and_length_in_one_batch(related_family):
@@ -202,13 +251,16 @@ def chi_square_pvalue(counts: dict[tuple[int, ...], int], dist: dict[tuple[int, 
     return float(torch.special.gammaincc(dof, torch.tensor(chi2 / 2, dtype=torch.float64)))
 
 
-@pytest.mark.parametrize(("draft_len", "temperature", "top_k"), [(1, 1.0, 0), (3, 1.0, 0), (3, 0.8, 6)])
-def test_sampled_output_has_the_exact_fused_distribution(tiny_vocab_family, draft_len, temperature, top_k):
+@pytest.mark.parametrize(
+    ("draft_len", "temperature", "top_k", "schedule"),
+    [(1, 1.0, 0, "constant"), (3, 1.0, 0, "constant"), (3, 0.8, 6, "constant"), (3, 1.0, 0, "heuristic")],
+)
+def test_sampled_output_has_the_exact_fused_distribution(tiny_vocab_family, draft_len, temperature, top_k, schedule):
     decoder = eft(tiny_vocab_family)
     text = "w1 w5 w2"
     n = 8000
     sampling = SamplingConfig(max_new_tokens=draft_len + 2, temperature=temperature, top_k=top_k, seed=1234)
-    gens, stats = speculative_generate(decoder, [text] * n, sampling, draft_len, batch_size=n)
+    gens, stats = speculative_generate(decoder, [text] * n, sampling, draft_len, batch_size=n, schedule=schedule)
     counts: dict[tuple[int, ...], int] = {}
     for g in gens:
         ids = g.token_ids[: g.token_ids.index(EOS) + 1] if EOS in g.token_ids[:3] else g.token_ids[:3]
@@ -293,3 +345,9 @@ def test_cli_speculative_writes_the_plain_eft_results_and_prints_the_acceptance_
     assert "acceptance_rate" in res.output
     res = CliRunner().invoke(app, [*base, "--speculative", "-1", "--out", str(tmp_path / "x.jsonl")])
     assert res.exit_code == 1 and "--speculative must be >= 0" in res.output
+    extra = ["--speculative", "2", "--speculative-schedule", "heuristic", "--out", str(tmp_path / "h.jsonl")]
+    res = CliRunner().invoke(app, [*base, *extra])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "h.jsonl").read_text() == results[0] and "mean_draft_len" in res.output
+    res = CliRunner().invoke(app, [*base, "--speculative", "2", "--speculative-schedule", "fast", "--out", "y"])
+    assert res.exit_code == 1 and "expected constant or heuristic" in res.output

@@ -237,6 +237,12 @@ def test_search_keys_and_own_sampling(tmp_path: Path, fam: dict) -> None:
     rule = spec.fusion_rule()
     assert (rule.name, rule.beam_width, rule.successors, rule.chunk_len) == ("cbs", 2, 4, 3)
     assert spec.sampling == {"temperature": 0.7, "top_k": 50, "stop": ["."]}
+    path.write_text(f"large: {m}\nsmall_base: {m}\nexperts: [{m}]\nspeculative: 3\nspeculative_schedule: heuristic\n")
+    rule = next(iter(load_recipe(path)[0].values())).fusion_rule()
+    assert (rule.name, rule.speculative, rule.speculative_schedule) == ("eft", 3, "heuristic")
+    path.write_text(f"large: {m}\nsmall_base: {m}\nexperts: [{m}]\nspeculative: 3\nspeculative_schedule: fast\n")
+    with pytest.raises(RecipeError, match="expected constant or heuristic"):
+        load_recipe(path)
 
 
 def test_recipe_errors(tmp_path: Path, fam: dict) -> None:

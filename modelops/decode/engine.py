@@ -40,6 +40,7 @@ class FusionRule:
     chunk_len: int = 5  # cbs: L
     n: int = 16  # bon: N
     speculative: int = 0  # eft/proxy: the expert drafts this many tokens per round (0 = off)
+    speculative_schedule: str = "constant"  # or heuristic: the draft length adapts to what was accepted
 
     @classmethod
     def from_spec(cls, spec: Any, name: str, **overrides: Any) -> FusionRule:
@@ -218,8 +219,9 @@ class CoDecoder:
             from modelops.decode.speculative import speculative_generate
 
             gens, stats = speculative_generate(
-                self, prompts, sampling, self.rule.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch
-            )
+                self, prompts, sampling, self.rule.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch,
+                schedule=self.rule.speculative_schedule,
+            )  # fmt: skip
             self.last_stats = dict(vars(stats))
             return gens
         generator = make_generator(sampling.seed, self.device)

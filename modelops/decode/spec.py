@@ -2,7 +2,7 @@
 
 Recipe keys are the flag names with underscores (`large`, `small_base`, `experts`, `rule`, `weights`, `gamma`,
 `alpha_grid`, `alpha_bounds`, `beam_width`, `successors`, `chunk_len`, `n`, `speculative`,
-`chat_template_for`, and the sampling keys `max_new_tokens`, `temperature`, `top_k`, `top_p`, `stop`, `seed`).
+`speculative_schedule`, `chat_template_for`, and the sampling keys `max_new_tokens`, `temperature`, `top_k`, `top_p`, `stop`, `seed`).
 Flags given on the command line override the recipe.
 """
 
@@ -38,6 +38,7 @@ class DecodeSpec:
     chunk_len: int = 5
     n: int = 16
     speculative: int = 0
+    speculative_schedule: str = "constant"
     chat_template_for: str = "none"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -60,6 +61,8 @@ class DecodeSpec:
             raise RecipeError(f"--speculative must be >= 0, got {self.speculative}")
         if self.speculative and self.rule not in ("eft", "proxy", "fixed", "dlf"):
             raise RecipeError(f"--speculative works with --rule eft, proxy, fixed or dlf, not {self.rule}")
+        if self.speculative_schedule not in ("constant", "heuristic"):
+            raise RecipeError(f"--speculative-schedule {self.speculative_schedule!r}: expected constant or heuristic")
         for name in ("beam_width", "successors", "chunk_len", "n"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

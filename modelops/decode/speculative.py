@@ -14,6 +14,10 @@ One round, per live row, starting from a *pending* token t0 (emitted, but fed to
 
 The first token of a prompt comes from the prefill logits (as in plain decoding), so prefill costs nothing
 extra. The output distribution equals plain fused sampling exactly; greedy output is token-identical.
+
+The draft length is K every round (schedule `constant`) or adapts (`heuristic`, transformers' schedule for
+assisted generation): two more after a round in which every live row accepted every draft, one fewer otherwise,
+never below one. A round's length depends only on earlier rounds, so either schedule stays exact.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 Fuse = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
 DRAFTER = 2  # member order: large, small base, experts…; the first expert drafts
+SCHEDULES = ("constant", "heuristic")
 
 
 @dataclass
@@ -55,12 +60,24 @@ class SpeculativeStats:
     emitted: int = 0  # tokens appended to outputs (after stop truncation; first tokens from prefill included)
     acceptance_rate: float = 0.0  # accepted / drafted
     tokens_per_round: float = 0.0  # (accepted + 1) per row-round: tokens one verification forward yields
+    mean_draft_len: float = 0.0  # drafts per row-round (K under the constant schedule, bar the last rounds)
     seconds: float = 0.0
 
     def finish(self) -> SpeculativeStats:
         self.acceptance_rate = self.accepted / self.drafted if self.drafted else 0.0
         self.tokens_per_round = (self.accepted + self.row_rounds) / self.row_rounds if self.row_rounds else 0.0
+        self.mean_draft_len = self.drafted / self.row_rounds if self.row_rounds else 0.0
         return self
+
+
+def next_draft_len(k: int, every_draft_accepted: bool, schedule: str = "constant") -> int:
+    """The next round's draft length: `heuristic` grows it by two while the drafts all pass and shrinks it by one
+    when any row rejects one (transformers' schedule), so it settles where a full acceptance is about 1 in 3."""
+    if schedule == "constant":
+        return k
+    if schedule != "heuristic":
+        raise ModelopsError(f"--speculative-schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    return k + 2 if every_draft_accepted else max(1, k - 1)
 
 
 # -- the acceptance rule: pure tensor functions ---------------------------------------------------------------
@@ -120,6 +137,7 @@ class SpeculativeBatch:
         generator: torch.Generator | None = None,
         stats: SpeculativeStats | None = None,
         overlap: Overlap | None = None,
+        schedule: str = "constant",
     ) -> None:
         if len(runners) <= DRAFTER:
             raise ModelopsError("speculative decoding needs a large model, a small base and an expert to draft")
@@ -127,6 +145,8 @@ class SpeculativeBatch:
         self.sampling, self.stopper, self.draft_len, self.generator = sampling, stopper, draft_len, generator
         self.stats = stats or SpeculativeStats(draft_len=draft_len)
         self.overlap = overlap  # the verifiers (large, small base) side by side
+        self.schedule = schedule
+        self.next_k = draft_len  # this batch's next draft length (the schedule moves it)
         self.outputs: list[RowOutput] = []
         self.live = torch.zeros(0, dtype=torch.long)  # original row index of each live row
         self.pending = torch.zeros(0, dtype=torch.long)  # (B_live,) emitted, not yet fed to any runner
@@ -146,7 +166,7 @@ class SpeculativeBatch:
     def round(self) -> bool:
         """Draft, verify, accept, roll back; True while rows are left."""
         remaining = max(self.stopper.max_new_tokens - len(self.outputs[r].token_ids) for r in self.live.tolist())
-        k = max(0, min(self.draft_len, remaining - 1))  # no row can use more than `remaining` tokens
+        k = max(0, min(self.next_k, remaining - 1))  # no row can use more than `remaining` tokens
         drafter = self.runners[DRAFTER]
         x = self.pending
         draft_logits, drafts, q_probs = [], [], []
@@ -184,6 +204,8 @@ class SpeculativeBatch:
         self.stats.row_rounds += b
         self.stats.drafted += b * k
         self.stats.accepted += int(n_acc.sum())
+        if k:
+            self.next_k = next_draft_len(self.next_k, bool((n_acc == k).all()), self.schedule)
         n_cpu, drafts_cpu, nxt_cpu = n_acc.tolist(), drafts_t.tolist(), nxt.tolist()
         done = []
         for j in range(b):
@@ -235,9 +257,11 @@ def speculative_lockstep(
     generator: torch.Generator | None = None,
     stats: SpeculativeStats | None = None,
     overlap: Overlap | None = None,
+    schedule: str = "constant",
 ) -> list[RowOutput]:
-    """Decode one batch speculatively; same inputs and outputs as `lockstep_generate` plus the draft length."""
-    batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats, overlap)
+    """Decode one batch speculatively; same inputs and outputs as `lockstep_generate` plus the draft length
+    (the first round's under the heuristic schedule)."""
+    batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats, overlap, schedule)
     alive = batch.start(prompts, pad_id)
     while alive:
         alive = batch.round()
@@ -253,16 +277,19 @@ def speculative_generate(
     ids: Sequence[Any] | None = None,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    schedule: str = "constant",
 ) -> tuple[list[Generation], SpeculativeStats]:
     """Speculative fused generation for every prompt, `batch_size` prompts at a time.
 
     Works for every logit rule whose target is computed per position (eft, proxy, fixed, dlf); with several
-    experts the first one drafts and the others verify with the large model and the small base.
+    experts the first one drafts and the others verify with the large model and the small base. `schedule`:
+    constant (K drafts every round) or heuristic (K to start, then adapted per batch).
     """
     sampling = sampling or SamplingConfig()
     sampling.validate()
     if draft_len < 1:
         raise ModelopsError(f"--speculative must be at least 1 (tokens drafted per round), got {draft_len}")
+    next_draft_len(draft_len, True, schedule)  # an unknown schedule fails here, before any model runs
     if decoder.rule.name not in ("eft", "proxy", "fixed", "dlf") or len(decoder.members) <= DRAFTER:
         raise ModelopsError(
             f"--speculative needs a logit rule with an expert to draft (eft, proxy, fixed, dlf), not --rule "
@@ -287,6 +314,7 @@ def speculative_generate(
             generator,
             stats,
             decoder.overlap,
+            schedule,
         )
         for j, out in enumerate(outs):
             results.append(decoder._to_generation(ids[lo + j] if ids is not None else lo + j, out))
@@ -295,10 +323,12 @@ def speculative_generate(
     stats.seconds = time.perf_counter() - start
     stats.finish()
     logger.info(
-        "speculative K=%d: acceptance %.3f, %.2f tokens per verification round (%d rounds)",
+        "speculative K=%d (%s): acceptance %.3f, %.2f tokens per verification round, %.2f drafts (%d rounds)",
         draft_len,
+        schedule,
         stats.acceptance_rate,
         stats.tokens_per_round,
+        stats.mean_draft_len,
         stats.rounds,
     )
     return results, stats

@@ -28,7 +28,8 @@ SEARCH_KEYS = ("beam_width", "successors", "chunk_len", "n", "speculative")  # F
 # a system's own sampling (search rules want temperature 0.7, top-k 50); the eval flags give the rest
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed", "stop", "max_new_tokens")
 SYSTEM_KEYS = ("name", "model", "large", "small_base", "experts", "rule", "weights", "gamma", "alpha_grid",
-               "alpha_bounds", "chat_template_for", "dtype", "tasks", *SEARCH_KEYS, *SAMPLING_KEYS)  # fmt: skip
+               "alpha_bounds", "chat_template_for", "dtype", "tasks", *SEARCH_KEYS, "speculative_schedule",
+               *SAMPLING_KEYS)  # fmt: skip
 
 
 @dataclass
@@ -51,6 +52,7 @@ class SystemSpec:
     chunk_len: int = 5  # cbs: L
     n: int = 16  # bon: N
     speculative: int = 0  # eft/proxy: tokens drafted by the expert per round
+    speculative_schedule: str = "constant"  # or heuristic (the draft length adapts)
     sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the eval's SamplingConfig
     decoder: Any = None  # a CoDecoder built by the caller (e.g. weights updated in place): used as is
     zoo: str | None = None  # where `zoo:ROLE` entries that name `{task}` resolve, once the task is known
@@ -139,6 +141,10 @@ def system_from_dict(data: dict[str, Any], *, name: str, where: str, base: Path,
     for key in SEARCH_KEYS:
         if data.get(key) is not None:
             setattr(spec, key, int(data[key]))
+    schedule = str(data.get("speculative_schedule", "constant"))
+    if schedule not in ("constant", "heuristic"):
+        raise RecipeError(f"{where}: speculative_schedule {schedule!r}: expected constant or heuristic")
+    spec.speculative_schedule = schedule
     spec.sampling = {k: data[k] for k in SAMPLING_KEYS if data.get(k) is not None}
     if isinstance(spec.sampling.get("stop"), str):
         spec.sampling["stop"] = [spec.sampling["stop"]]
