@@ -10,14 +10,16 @@ from decode_fixtures import llama, make_tokenizer, nudged, prompts, save_with_to
 from transformers import AutoModelForCausalLM
 
 from modelops.decode import CoDecoder, FusionRule, SamplingConfig
-from modelops.decode.loops import StopChecker
-from modelops.decode.speculative import (
-    SpeculativeBatch,
+from modelops.decode.acceptance import (
     accept_greedy,
     accept_sampled,
-    next_draft_len,
-    speculative_generate,
+    greedy_next,
+    greedy_prefix,
+    sampled_next,
+    sampled_prefix,
 )
+from modelops.decode.loops import StopChecker
+from modelops.decode.speculative import SpeculativeBatch, next_draft_len, speculative_generate
 from modelops.errors import ModelopsError
 
 EOS = 2
@@ -88,6 +90,31 @@ def test_sampled_acceptance_reproduces_the_target_distribution_position_by_posit
         freq = torch.bincount(sample, minlength=5).float() / sample.numel()
         assert (freq - target).abs().sum() / 2 < 0.01  # total variation; the sample sd is ~0.002
     assert 0.1 < (n == 0).float().mean() < 0.9 and (n == 2).any()  # both rejection and bonus exercised
+
+
+def test_without_a_full_acceptance_the_bonus_position_is_not_needed():
+    """When every row rejects a draft, the token after the prefix is the same whatever the bonus target is
+    (so a round may skip the expert's step on d_k), and the split rule equals the whole one."""
+    g = torch.Generator().manual_seed(1)
+    b, k, v = 64, 3, 7
+    p = torch.rand(b, k + 1, v, generator=g).softmax(-1)
+    q = torch.rand(b, k, v, generator=g).softmax(-1)
+    drafts = torch.multinomial(q.view(-1, v), 1, generator=g).view(b, k)
+    split = torch.Generator().manual_seed(5)
+    n = sampled_prefix(p[:, :k], q, drafts, split)
+    nxt = sampled_next(p[:, :k], q, n, p[:, k], split)
+    assert all(map(torch.equal, (n, nxt), accept_sampled(p, q, drafts, torch.Generator().manual_seed(5))))
+    rows = n < k
+    sub = (p[rows][:, :k], q[rows], n[rows])
+    with_bonus = sampled_next(*sub, p[rows][:, k], torch.Generator().manual_seed(9))
+    without = sampled_next(*sub, None, torch.Generator().manual_seed(9))
+    assert torch.equal(with_bonus, without) and rows.any()
+    logits = torch.randn(b, k + 1, v, generator=g)
+    best_drafts = logits[:, :k].argmax(-1)
+    best_drafts[::2, 1] = (best_drafts[::2, 1] + 1) % v  # even rows mismatch at position 2
+    n, best = greedy_prefix(logits[:, :k], best_drafts)
+    assert torch.equal(greedy_next(best[::2], n[::2], None), greedy_next(best[::2], n[::2], logits[::2, k]))
+    assert torch.equal(greedy_next(best, n, logits[:, k]), accept_greedy(logits, best_drafts)[1])
 
 
 # -- greedy: token for token like plain EFT ---------------------------------------------------------------------
@@ -277,9 +304,11 @@ def test_sampled_output_has_the_exact_fused_distribution(tiny_vocab_family, draf
 # -- caches after per-row rollback -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("family", ["related_family", "decode_family"])
 @pytest.mark.parametrize("rounds", [1, 4])
-def test_rollback_leaves_every_cache_equal_to_a_fresh_prefill(related_family, rounds):
-    decoder = eft(related_family)
+def test_rollback_leaves_every_cache_equal_to_a_fresh_prefill(request, family, rounds):
+    """Also when no row accepted every draft, so the expert was never fed d_k (unrelated models)."""
+    decoder = eft({k: str(v) for k, v in request.getfixturevalue(family).items()})
     texts = prompts(6, seed=5)
     sampling = SamplingConfig(max_new_tokens=100, temperature=1.0, seed=3)
     stopper = StopChecker(set(), [], decoder.tokenizer, sampling.max_new_tokens)  # nobody stops
@@ -292,7 +321,10 @@ def test_rollback_leaves_every_cache_equal_to_a_fresh_prefill(related_family, ro
     for _ in range(rounds):
         assert batch.round()
     lengths = [len(o.token_ids) for o in batch.outputs]
-    assert len(set(lengths)) > 1  # rows accepted different numbers of drafts, so rollbacks differed
+    if family == "related_family":
+        assert len(set(lengths)) > 1  # rows accepted different numbers of drafts, so rollbacks differed
+    else:
+        assert batch.stats.bonus_steps < batch.stats.rounds  # some round skipped the expert's step on d_k
     for m, runner in enumerate(runners):
         assert runner.next_pos.tolist() == [len(p) + n - 1 for p, n in zip(prompt_ids[m], lengths, strict=True)]
         nxt = runner.step(batch.pending)  # (B, W): the logits after every emitted token

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from modelops.decode.acceptance import greedy_next, greedy_prefix, sampled_next, sampled_prefix
 from modelops.decode.loops import RowOutput, StopChecker, prefill_all
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
@@ -61,6 +62,7 @@ class SpeculativeStats:
     acceptance_rate: float = 0.0  # accepted / drafted
     tokens_per_round: float = 0.0  # (accepted + 1) per row-round: tokens one verification forward yields
     mean_draft_len: float = 0.0  # drafts per row-round (K under the constant schedule, bar the last rounds)
+    bonus_steps: int = 0  # rounds where some row accepted every draft, so the expert was also fed d_k
     seconds: float = 0.0
 
     def finish(self) -> SpeculativeStats:
@@ -78,46 +80,6 @@ def next_draft_len(k: int, every_draft_accepted: bool, schedule: str = "constant
     if schedule != "heuristic":
         raise ModelopsError(f"--speculative-schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     return k + 2 if every_draft_accepted else max(1, k - 1)
-
-
-# -- the acceptance rule: pure tensor functions ---------------------------------------------------------------
-
-
-def accept_greedy(target: torch.Tensor, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy verification.
-
-    target: (B, k+1, V) fused logits at the k draft positions and the bonus position; drafts: (B, k).
-    Returns (n_accepted (B,), next token (B,)): drafts are kept while they equal argmax p, then argmax p at
-    the first mismatch (or at the bonus position) is emitted.
-    """
-    best = first_argmax(target)  # (B, k+1)
-    k = drafts.shape[1]
-    n = (best[:, :k] == drafts).long().cumprod(1).sum(1)  # (B,) length of the matching prefix
-    return n, best.gather(1, n[:, None])[:, 0]
-
-
-def accept_sampled(
-    p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speculative sampling (Leviathan et al. 2023 / Chen et al. 2023), exact for any draft distribution q.
-
-    p: (B, k+1, V) target probabilities (draft positions + bonus); q: (B, k, V) draft probabilities that
-    drafts (B, k) were drawn from. Draft i is accepted with probability min(1, p_i(d_i)/q_i(d_i)); at the
-    first rejection a token is drawn from norm(max(0, p − q)); when all are accepted, from p at position k+1.
-    Returns (n_accepted (B,), next token (B,)).
-    """
-    b, k = drafts.shape
-    p_d = p[:, :k].gather(-1, drafts[..., None])[..., 0]  # (B, k)
-    q_d = q.gather(-1, drafts[..., None])[..., 0]
-    u = torch.rand((b, k), generator=generator, device=p.device, dtype=p.dtype)
-    n = (u * q_d < p_d).long().cumprod(1).sum(1)  # u < p/q without dividing (q_d > 0: d was drawn from q)
-    q_pad = torch.cat([q, q.new_zeros(b, 1, q.shape[-1])], dim=1)  # q ≡ 0 at the bonus position: residual = p
-    idx = n[:, None, None].expand(b, 1, p.shape[-1])
-    p_n, q_n = p.gather(1, idx)[:, 0], q_pad.gather(1, idx)[:, 0]  # (B, V)
-    residual = (p_n - q_n).clamp_(min=0.0)
-    empty = residual.sum(-1, keepdim=True) <= 0  # p == q to the last bit: nothing to correct, sample p
-    residual = torch.where(empty, p_n, residual)
-    return n, torch.multinomial(residual, 1, generator=generator)[:, 0]
 
 
 # -- one batch of prompts -----------------------------------------------------------------------------------
@@ -170,11 +132,9 @@ class SpeculativeBatch:
         drafter = self.runners[DRAFTER]
         x = self.pending
         draft_logits, drafts, q_probs = [], [], []
-        for i in range(k + 1):
+        for _ in range(k):
             raw = drafter.step(x)  # (B, W_e): the expert's next-token logits
             draft_logits.append(raw)
-            if i == k:
-                break
             q_logits = align(raw, self.width, float("-inf"))
             if self.sampling.greedy:
                 x = first_argmax(q_logits)
@@ -188,22 +148,32 @@ class SpeculativeBatch:
         fed = torch.cat([self.pending[:, None], drafts_t], dim=1)  # (B, k+1)
         verifiers = [m for m in range(len(self.runners)) if m != DRAFTER]
         verified = run_all([partial(self.runners[m].step, fed) for m in verifiers], self.overlap)
-        outs = dict(zip(verifiers, verified, strict=True)) | {DRAFTER: torch.stack(draft_logits, 1)}
-        comps = [outs[m].reshape(b * (k + 1), -1) for m in range(len(self.runners))]  # each (B, k+1, W_m) before
-        fused, weights = self.fuse(comps)
-        fused = fused.reshape(b, k + 1, -1)  # (B, k+1, V)
+        outs = dict(zip(verifiers, verified, strict=True))
+        # the k draft positions first; the bonus position (the expert fed d_k) only if some row accepts all k
+        fused, weights = self._targets(outs, draft_logits, slice(0, k), b)
+        q = torch.stack(q_probs, 1) if q_probs else None
         if self.sampling.greedy:
-            n_acc, nxt = accept_greedy(fused, drafts_t)
+            n_acc, best = greedy_prefix(fused, drafts_t)
         else:
-            p = warp(fused.reshape(b * (k + 1), -1), self.sampling).softmax(-1).view(b, k + 1, -1)
-            q = torch.stack(q_probs, 1) if q_probs else p.new_zeros(b, 0, p.shape[-1])
-            n_acc, nxt = accept_sampled(p, q, drafts_t, self.generator)
-        if weights is not None:
-            weights = weights.reshape(b, k + 1, -1)
+            p = warp(fused.flatten(0, 1), self.sampling).softmax(-1).view_as(fused) if k else fused
+            n_acc = sampled_prefix(p, q, drafts_t, self.generator) if q is not None else self.pending.new_zeros(b)
+        bonus = bonus_weights = None
+        if bool((n_acc == k).any()):
+            bonus, bonus_weights = self._targets(outs, [drafter.step(x)], slice(k, k + 1), b)
+            bonus = bonus[:, 0]
+        if self.sampling.greedy:
+            nxt = greedy_next(best, n_acc, bonus)
+        else:
+            bonus_p = warp(bonus, self.sampling).softmax(-1) if bonus is not None else None
+            q = q if q is not None else p.new_zeros(b, 0, p.shape[-1])
+            nxt = sampled_next(p, q, n_acc, bonus_p, self.generator)
+        if bonus_weights is not None:  # dlf: the α chosen at the bonus position too
+            weights = bonus_weights if weights is None else torch.cat([weights, bonus_weights], dim=1)
         self.stats.rounds += 1
         self.stats.row_rounds += b
         self.stats.drafted += b * k
         self.stats.accepted += int(n_acc.sum())
+        self.stats.bonus_steps += int(bonus is not None)
         if k:
             self.next_k = next_draft_len(self.next_k, bool((n_acc == k).all()), self.schedule)
         n_cpu, drafts_cpu, nxt_cpu = n_acc.tolist(), drafts_t.tolist(), nxt.tolist()
@@ -211,11 +181,27 @@ class SpeculativeBatch:
         for j in range(b):
             tokens = [*drafts_cpu[j][: n_cpu[j]], nxt_cpu[j]]
             done.append(self._emit(j, tokens, None if weights is None else weights[j]))
-        back = (k - n_acc).to(torch.long)  # each row forgets its rejected drafts, the same on every runner
-        for runner in self.runners:
-            runner.rollback(back.to(runner.device))
+        back = (k - n_acc).to(torch.long)  # each row forgets its rejected drafts, the same on every runner…
+        for m, runner in enumerate(self.runners):
+            fed_here = back if m != DRAFTER or bonus is not None else back - 1  # …but the expert skipped d_k
+            runner.rollback(fed_here.to(runner.device))
         self.pending = nxt
         return self._drop(done)
+
+    def _targets(
+        self, verified: dict[int, torch.Tensor], draft_logits: list[torch.Tensor], positions: slice, b: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fused logits (B, P, V) and weights (B, P, T) or None at `positions` of the verified window; the
+        expert's logits at those positions are `draft_logits` (one (B, W_e) per position)."""
+        n = positions.stop - positions.start
+        if n == 0:
+            return torch.zeros(b, 0, self.width, device=self.pending.device), None
+        expert = torch.stack(draft_logits, 1)
+        comps = [
+            (expert if m == DRAFTER else verified[m][:, positions]).reshape(b * n, -1) for m in range(len(self.runners))
+        ]
+        fused, weights = self.fuse(comps)
+        return fused.view(b, n, -1), None if weights is None else weights.view(b, n, -1)
 
     def _emit(self, j: int, tokens: list[int], weights: torch.Tensor | None) -> bool:
         """Append tokens to live row j until a stop; tokens after the stop are discarded."""
