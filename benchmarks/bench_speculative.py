@@ -9,15 +9,18 @@
 (b) The zoo (`modelops zoo build --preset full`, if present): large_base + small_base + sft_facts on
     eval/facts.jsonl prompts, and + sft_review on eval/review.jsonl prompts: related models, real acceptance.
 
-For each: greedy tokens/s of plain EFT vs speculative with K drafts (outputs checked identical), the
-acceptance rate (accepted / drafted) and tokens per verification round; then the sampled (temperature 1)
-acceptance rate. tokens/s = new tokens of all rows ÷ wall time of the whole generate call.
+For each: greedy tokens/s of plain EFT vs speculative with K drafts (outputs checked identical), under the
+constant and the heuristic draft-length schedule; the ratio is the median over `--repeats` pairs of (plain EFT
+run, speculative run right after it), [min, max]; the acceptance rate (accepted / drafted), tokens per
+verification round and drafts per round; then the sampled (temperature 1) acceptance rate. tokens/s = new
+tokens of all rows ÷ wall time of the whole generate call.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from functools import partial
@@ -58,42 +61,46 @@ def find_zoo() -> Path | None:
     return None
 
 
-REPEATS = 1
+REPEATS = 3
 
 
-def timed(fn):
-    """(result, best wall time over REPEATS runs)."""
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
+def seconds(fn):
+    """(result, wall time) of one call."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
 
 
 def compare(
     name: str, decoder, texts: list[str], draft_lens: list[int], batch: int, new_tokens: int, schedules: list[str]
 ) -> None:
+    """Each configuration is timed right after a plain EFT run, REPEATS times: the ratio is the median of those
+    pairs' ratios, so the machine's drift over minutes does not land on one side."""
     from modelops.decode import SamplingConfig
     from modelops.decode.speculative import speculative_generate
 
     greedy = SamplingConfig(max_new_tokens=new_tokens)
     decoder.generate(texts[:1], SamplingConfig(max_new_tokens=2), batch_size=1)  # warm-up
-    plain, t_plain = timed(lambda: decoder.generate(texts, greedy, batch_size=batch))
+    plain_run = partial(decoder.generate, texts, greedy, batch_size=batch)
+    plain, t_plain = seconds(plain_run)
     n_tok = sum(g.num_tokens for g in plain)
-    print(
-        f"{name:34s} batch {batch:2d}  plain EFT      {n_tok / t_plain:8.1f} tok/s  ({n_tok} tokens, {t_plain:.2f} s)"
-    )
+    print(f"{name:34s} batch {batch:2d}  plain EFT      {n_tok / t_plain:8.1f} tok/s  ({n_tok} tokens, first run)")
     for schedule in schedules:
         for k in draft_lens:
             run = partial(speculative_generate, decoder, texts, batch_size=batch, schedule=schedule)
-            (gens, st), t = timed(lambda k=k, run=run: run(greedy, draft_len=k))
+            ratios, spec_times = [], []
+            for _ in range(REPEATS):
+                _, t_p = seconds(plain_run)
+                (gens, st), t_s = seconds(lambda k=k, run=run: run(greedy, draft_len=k))
+                ratios.append(t_p / t_s)
+                spec_times.append(t_s)
             same = [g.token_ids for g in gens] == [g.token_ids for g in plain]
             sampled = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, seed=0)
             _, st_s = run(sampled, draft_len=k)
             label = f"K={k}" + (f" {schedule[:5]}" if schedule != "constant" else "")
             print(
-                f"{'':34s} batch {batch:2d}  spec. {label:<11s} {n_tok / t:8.1f} tok/s  x{t_plain / t:4.2f}  "
+                f"{'':34s} batch {batch:2d}  spec. {label:<11s} {n_tok / statistics.median(spec_times):8.1f} tok/s  "
+                f"x{statistics.median(ratios):4.2f} [{min(ratios):.2f}, {max(ratios):.2f}]  "
                 f"greedy: accept {st.acceptance_rate:.3f}, {st.tokens_per_round:.2f} tok/round, "
                 f"{st.mean_draft_len:.2f} drafts, identical {same}; "
                 f"T=1: accept {st_s.acceptance_rate:.3f}, {st_s.tokens_per_round:.2f} tok/round"
@@ -111,7 +118,7 @@ def main() -> None:
     ap.add_argument("--no-random", action="store_true")
     ap.add_argument("--no-zoo", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2, help="best of N timings")
+    ap.add_argument("--repeats", type=int, default=3, help="plain/speculative pairs per configuration (median)")
     ap.add_argument("--zoo-prompts", type=int, default=32)
     args = ap.parse_args()
     global REPEATS
