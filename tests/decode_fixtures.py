@@ -108,3 +108,20 @@ def word_reward(prompt: str, completion: str) -> float:
     """A toy reward for tests: how often the completion says w5 or w7."""
     words = completion.split()
     return float(words.count("w5") + words.count("w7"))
+
+
+def load(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def hf_greedy(path: Path, texts: list[str], max_new: int) -> list[list[int]]:
+    """transformers' own greedy decode of a left-padded batch, cut at the first EOS."""
+    model, tok = load(path)
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
+    out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
+    rows = []
+    for row in out[:, enc.input_ids.shape[1] :].tolist():
+        rows.append(row[: row.index(2) + 1] if 2 in row else row)
+    return rows

@@ -6,25 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from decode_fixtures import prompts
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from decode_fixtures import hf_greedy, load, prompts
 
 from modelops.decode import CoDecoder, FusedLogitsProcessor, FusionRule, SamplingConfig
-
-
-def load(path: Path):
-    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-
-
-def hf_greedy(path: Path, texts: list[str], max_new: int) -> list[list[int]]:
-    """transformers' own greedy decode of a left-padded batch, cut at the first EOS."""
-    model, tok = load(path)
-    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
-    out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=0)
-    rows = []
-    for row in out[:, enc.input_ids.shape[1] :].tolist():
-        rows.append(row[: row.index(2) + 1] if 2 in row else row)
-    return rows
 
 
 def tokens_of(decoder: CoDecoder, texts: list[str], max_new: int, batch_size: int) -> list[list[int]]:

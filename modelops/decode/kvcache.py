@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 MIN_ROOM = 64  # tokens of spare room a buffer starts with
 
@@ -83,7 +83,12 @@ class GrowingLayer(DynamicLayer):
 
 
 def growing_cache(model: Any) -> Any:
-    """A `DynamicCache` for `model` whose plain layers append in place (sliding-window layers are left as they are)."""
+    """A `DynamicCache` for `model` whose layers append in place.
+
+    Sliding-window layers become full ones too: the attention masks still apply the window (transformers builds
+    them from the config), and a full layer can be cropped and have its slots reordered at any length, which
+    rolling back speculative drafts needs (`DynamicSlidingWindowLayer` refuses to crop once the window is full).
+    """
     from transformers import DynamicCache
 
     try:
@@ -92,5 +97,23 @@ def growing_cache(model: Any) -> Any:
         return DynamicCache()
     layers = getattr(cache, "layers", None)
     if layers:
-        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in layers]
+        cache.layers = [
+            GrowingLayer() if type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) else layer for layer in layers
+        ]
     return cache
+
+
+def reorder_slots(cache: Any, index: torch.Tensor) -> None:
+    """Slot s of row b takes what slot index[b, s] held, in every layer: (B, S) `index` over the cached length."""
+    for layer in getattr(cache, "layers", []):
+        if not getattr(layer, "is_initialized", False):
+            continue
+        if type(layer) not in (GrowingLayer, DynamicLayer):
+            raise TypeError(f"cannot reorder the slots of a {type(layer).__name__} cache layer")
+        full = index[:, None, :, None].expand(*layer.keys.shape[:-1], layer.keys.shape[-1])
+        keys, values = layer.keys.gather(2, full), layer.values.gather(2, full)
+        if isinstance(layer, GrowingLayer):
+            layer._keys[..., : layer.length, :] = keys
+            layer._values[..., : layer.length, :] = values
+        else:
+            layer.keys, layer.values = keys, values

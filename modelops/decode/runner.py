@@ -27,6 +27,8 @@ class Runner:
         self.device = next(model.parameters()).device
         self.width = int(model.get_output_embeddings().weight.shape[0])
         self.cache_kw = cache_keyword(model)
+        # a sliding window counts cache slots, so a rolled-back slot must not stay as a hole inside it
+        self.sliding = bool(getattr(getattr(model, "config", None), "sliding_window", None))
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # (B, S) 1 = attend, 0 = padding or rolled-back slot
         self.next_pos: torch.Tensor | None = None  # (B,) position id of the next token per row
@@ -86,6 +88,17 @@ class Runner:
         logits = out.logits.float()
         return logits[:, 0] if single else logits
 
+    @torch.inference_mode()
+    def _right_align(self, mask: torch.Tensor) -> torch.Tensor:
+        """Move every row's attended slots, in order, to the right end (the holes become left padding), so the
+        last W slots a sliding window sees are the row's last W tokens, as in a decode that never rolled back.
+        Positions are per row and unchanged, so rotary keys stay valid."""
+        from modelops.decode.kvcache import reorder_slots
+
+        index = torch.argsort(mask, dim=-1, stable=True)  # unattended slots first, then attended ones in order
+        reorder_slots(self.cache, index)
+        return mask.gather(1, index)
+
     def _embeddable(self, ids: torch.Tensor) -> torch.Tensor:
         # no `ids.max()` test first: that would sync the device every step for a case that is rare
         return ids.masked_fill(ids >= self.input_rows, self.fallback_id)
@@ -118,6 +131,8 @@ class Runner:
         if last < mask.shape[1]:
             self.cache.crop(last - mask.shape[1])
             mask = mask[:, :last]
+        if self.sliding and bool((mask[:, 1:] < mask[:, :-1]).any()):  # a hole after an attended slot
+            mask = self._right_align(mask)
         self.mask = mask
         self.next_pos = mask.sum(-1)
         self.dense = bool(mask.all())
