@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers import cache_utils
+from transformers.cache_utils import DynamicLayer
 
 MIN_ROOM = 64  # tokens of spare room a buffer starts with
+# the layers replaced by GrowingLayer (the sliding one where this transformers has it)
+REPLACED = tuple(t for t in (DynamicLayer, getattr(cache_utils, "DynamicSlidingWindowLayer", None)) if t is not None)
 
 
 class GrowingLayer(DynamicLayer):
@@ -97,9 +100,7 @@ def growing_cache(model: Any) -> Any:
         return DynamicCache()
     layers = getattr(cache, "layers", None)
     if layers:
-        cache.layers = [
-            GrowingLayer() if type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) else layer for layer in layers
-        ]
+        cache.layers = [GrowingLayer() if type(layer) in REPLACED else layer for layer in layers]
     return cache
 
 
