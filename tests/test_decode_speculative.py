@@ -139,7 +139,7 @@ def test_heuristic_schedule_follows_transformers_rule():
     assert [next_draft_len(4, True, "heuristic"), next_draft_len(4, False, "heuristic")] == [6, 3]
     assert [next_draft_len(1, False, "heuristic"), next_draft_len(2, False, "heuristic")] == [1, 1]
     assert next_draft_len(4, True) == next_draft_len(4, False) == 4  # constant
-    with pytest.raises(ModelopsError, match="expected one of constant, heuristic"):
+    with pytest.raises(ModelopsError, match="expected constant or heuristic"):
         next_draft_len(4, True, "linear")
 
 

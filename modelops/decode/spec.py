@@ -18,6 +18,7 @@ from modelops.errors import RecipeError
 
 RULES = ("single", "eft", "proxy", "fixed", "dlf", "cbs", "bon")
 SEARCH_RULES = ("cbs", "bon")
+SPECULATIVE_SCHEDULES = ("constant", "heuristic")  # draft length: K every round, or transformers' +2 / -1
 SHARED_WITH_EVAL = ("name", "tasks", "dtype")  # eval recipe keys fuse-decode accepts and ignores
 SEARCH_SAMPLING = {"temperature": 0.7, "top_k": 50, "top_p": 1.0}
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")
@@ -61,8 +62,7 @@ class DecodeSpec:
             raise RecipeError(f"--speculative must be >= 0, got {self.speculative}")
         if self.speculative and self.rule not in ("eft", "proxy", "fixed", "dlf"):
             raise RecipeError(f"--speculative works with --rule eft, proxy, fixed or dlf, not {self.rule}")
-        if self.speculative_schedule not in ("constant", "heuristic"):
-            raise RecipeError(f"--speculative-schedule {self.speculative_schedule!r}: expected constant or heuristic")
+        check_schedule(self.speculative_schedule, "--speculative-schedule")
         for name in ("beam_width", "successors", "chunk_len", "n"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -74,6 +74,11 @@ class DecodeSpec:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sampling"}
         out.update({k: getattr(self.sampling, k) for k in SAMPLING_KEYS})
         return out
+
+
+def check_schedule(schedule: str, where: str) -> None:
+    if schedule not in SPECULATIVE_SCHEDULES:
+        raise RecipeError(f"{where} {schedule!r}: expected {' or '.join(SPECULATIVE_SCHEDULES)}")
 
 
 def parse_grid(text: str) -> list[float]:

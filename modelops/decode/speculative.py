@@ -36,6 +36,7 @@ from modelops.decode.loops import RowOutput, StopChecker, prefill_all
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, warp
+from modelops.decode.spec import check_schedule
 from modelops.decode.vocab import align
 from modelops.errors import ModelopsError
 
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 Fuse = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
 DRAFTER = 2  # member order: large, small base, experts…; the first expert drafts
-SCHEDULES = ("constant", "heuristic")
 
 
 @dataclass
@@ -77,8 +77,7 @@ def next_draft_len(k: int, every_draft_accepted: bool, schedule: str = "constant
     when any row rejects one (transformers' schedule), so it settles where a full acceptance is about 1 in 3."""
     if schedule == "constant":
         return k
-    if schedule != "heuristic":
-        raise ModelopsError(f"--speculative-schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    check_schedule(schedule, "--speculative-schedule")
     return k + 2 if every_draft_accepted else max(1, k - 1)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from modelops.decode.spec import check_schedule
 from modelops.errors import RecipeError
 from modelops.eval.metrics import RewardModel, choice_prediction, exact_match, summarize
 from modelops.eval.processes import distributed_state
@@ -141,10 +142,8 @@ def system_from_dict(data: dict[str, Any], *, name: str, where: str, base: Path,
     for key in SEARCH_KEYS:
         if data.get(key) is not None:
             setattr(spec, key, int(data[key]))
-    schedule = str(data.get("speculative_schedule", "constant"))
-    if schedule not in ("constant", "heuristic"):
-        raise RecipeError(f"{where}: speculative_schedule {schedule!r}: expected constant or heuristic")
-    spec.speculative_schedule = schedule
+    spec.speculative_schedule = str(data.get("speculative_schedule", "constant"))
+    check_schedule(spec.speculative_schedule, f"{where}: speculative_schedule")
     spec.sampling = {k: data[k] for k in SAMPLING_KEYS if data.get(k) is not None}
     if isinstance(spec.sampling.get("stop"), str):
         spec.sampling["stop"] = [spec.sampling["stop"]]
