@@ -150,21 +150,21 @@ class SpeculativeBatch:
         outs = dict(zip(verifiers, verified, strict=True))
         # the k draft positions first; the bonus position (the expert fed d_k) only if some row accepts all k
         fused, weights = self._targets(outs, draft_logits, slice(0, k), b)
-        q = torch.stack(q_probs, 1) if q_probs else None
         if self.sampling.greedy:
             n_acc, best = greedy_prefix(fused, drafts_t)
         else:
             p = warp(fused.flatten(0, 1), self.sampling).softmax(-1).view_as(fused) if k else fused
-            n_acc = sampled_prefix(p, q, drafts_t, self.generator) if q is not None else self.pending.new_zeros(b)
+            q = torch.stack(q_probs, 1) if q_probs else fused.new_zeros(b, 0, self.width)
+            n_acc = sampled_prefix(p, q, drafts_t, self.generator)
+        all_accepted = n_acc == k
         bonus = bonus_weights = None
-        if bool((n_acc == k).any()):
+        if bool(all_accepted.any()):
             bonus, bonus_weights = self._targets(outs, [drafter.step(x)], slice(k, k + 1), b)
             bonus = bonus[:, 0]
         if self.sampling.greedy:
             nxt = greedy_next(best, n_acc, bonus)
         else:
             bonus_p = warp(bonus, self.sampling).softmax(-1) if bonus is not None else None
-            q = q if q is not None else p.new_zeros(b, 0, p.shape[-1])
             nxt = sampled_next(p, q, n_acc, bonus_p, self.generator)
         if bonus_weights is not None:  # dlf: the α chosen at the bonus position too
             weights = bonus_weights if weights is None else torch.cat([weights, bonus_weights], dim=1)
@@ -174,7 +174,7 @@ class SpeculativeBatch:
         self.stats.accepted += int(n_acc.sum())
         self.stats.bonus_steps += int(bonus is not None)
         if k:
-            self.next_k = next_draft_len(self.next_k, bool((n_acc == k).all()), self.schedule)
+            self.next_k = next_draft_len(self.next_k, bool(all_accepted.all()), self.schedule)
         n_cpu, drafts_cpu, nxt_cpu = n_acc.tolist(), drafts_t.tolist(), nxt.tolist()
         done = []
         for j in range(b):
