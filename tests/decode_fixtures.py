@@ -125,3 +125,38 @@ def hf_greedy(path: Path, texts: list[str], max_new: int) -> list[list[int]]:
     for row in out[:, enc.input_ids.shape[1] :].tolist():
         rows.append(row[: row.index(2) + 1] if 2 in row else row)
     return rows
+
+
+def full_logprobs(path: Path, text: str, cont_ids: list[int]) -> torch.Tensor:
+    """Log-probs at the continuation positions from one plain forward of prompt + continuation.
+
+    The last continuation token is never an input to those positions, so it is fed as 0 (it may be an id the
+    model cannot embed).
+    """
+    model, tok = load(path)
+    ids = tok(text)["input_ids"] + cont_ids[:-1] + [0]
+    with torch.no_grad():
+        out = model(torch.tensor([ids])).logits[0].float()
+    return torch.log_softmax(out[len(ids) - len(cont_ids) - 1 : len(ids) - 1], -1)
+
+
+def config_family(root: Path, make_config: Any, tokenizer: Any, noise: float) -> dict[str, Path]:
+    """From `make_config(hidden)`: large (hidden 64), small base (hidden 32) and an expert (the base plus seeded
+    noise), saved to folders under `root` with `tokenizer`."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    large = AutoModelForCausalLM.from_config(make_config(64)).eval()
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_config(make_config(32)).eval()
+    return {
+        "large": save_with_tokenizer(large, root / "large", tokenizer),
+        "base": save_with_tokenizer(base, root / "base", tokenizer),
+        "expert": save_with_tokenizer(nudged(base, 3, noise), root / "expert", tokenizer),
+    }
+
+
+def family_decoder(fam: dict[str, Path], rule: Any) -> Any:
+    from modelops.decode import CoDecoder
+
+    return CoDecoder.load(str(fam["large"]), str(fam["base"]), [str(fam["expert"])], rule)

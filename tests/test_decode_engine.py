@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from decode_fixtures import hf_greedy, load, prompts
+from decode_fixtures import full_logprobs, hf_greedy, load, prompts
 
 from modelops.decode import CoDecoder, FusedLogitsProcessor, FusionRule, SamplingConfig
 
@@ -36,19 +34,6 @@ def test_expert_equal_to_small_base_changes_nothing(decode_family):
     fam = {k: str(v) for k, v in decode_family.items()}
     decoder = CoDecoder.load(fam["large"], fam["base"], [fam["base"]], FusionRule("eft"))
     assert tokens_of(decoder, texts, 12, 6) == hf_greedy(decode_family["large"], texts, 12)
-
-
-def full_logprobs(path: Path, text: str, cont_ids: list[int]) -> torch.Tensor:
-    """Log-probs at the continuation positions from one plain forward of prompt + continuation.
-
-    The last continuation token is never an input to those positions, so it is fed as 0 (it may be an id the
-    model cannot embed).
-    """
-    model, tok = load(path)
-    ids = tok(text)["input_ids"] + cont_ids[:-1] + [0]
-    with torch.no_grad():
-        out = model(torch.tensor([ids])).logits[0].float()
-    return torch.log_softmax(out[len(ids) - len(cont_ids) - 1 : len(ids) - 1], -1)
 
 
 RULE_CASES = [

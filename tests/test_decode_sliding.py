@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from decode_fixtures import VOCAB, hf_greedy, make_tokenizer, nudged, prompts, save_with_tokenizer
+from decode_fixtures import VOCAB, config_family, family_decoder, hf_greedy, make_tokenizer, prompts
 
-from modelops.decode import CoDecoder, FusionRule, SamplingConfig
+from modelops.decode import FusionRule, SamplingConfig
 from modelops.decode.loops import StopChecker
 from modelops.decode.speculative import SpeculativeBatch, speculative_generate
 
@@ -32,35 +32,21 @@ def config(arch: str, hidden: int):
 
 @pytest.fixture(scope="module", params=["mistral", "gemma3"])
 def sliding_family(request, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp(request.param)
     tok = make_tokenizer()
-    torch.manual_seed(0)
-    large = AutoModelForCausalLM.from_config(config(request.param, 64)).eval()
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_config(config(request.param, 32)).eval()
-    return {
-        "large": save_with_tokenizer(large, root / "large", tok),
-        "base": save_with_tokenizer(base, root / "base", tok),
-        "expert": save_with_tokenizer(nudged(base, 3, 0.05), root / "expert", tok),
-    }
-
-
-def decoder(fam: dict[str, Path], rule: FusionRule) -> CoDecoder:
-    return CoDecoder.load(str(fam["large"]), str(fam["base"]), [str(fam["expert"])], rule)
+    return config_family(root, lambda hidden: config(request.param, hidden), tok, 0.05)
 
 
 def test_weight_zero_decodes_like_transformers_past_the_window(sliding_family):
     texts = prompts(6, seed=2)
-    dec = decoder(sliding_family, FusionRule("eft", weights=[0.0]))
+    dec = family_decoder(sliding_family, FusionRule("eft", weights=[0.0]))
     assert max(len(p) for p in dec._prompt_ids(texts)[0]) > WINDOW
     gens = dec.generate(texts, SamplingConfig(max_new_tokens=20), batch_size=6)
     assert [g.token_ids for g in gens] == hf_greedy(sliding_family["large"], texts, 20)
 
 
 def test_speculative_greedy_equals_plain_with_per_row_rollbacks(sliding_family):
-    dec = decoder(sliding_family, FusionRule("eft"))
+    dec = family_decoder(sliding_family, FusionRule("eft"))
     texts = prompts(6, seed=2)
     sampling = SamplingConfig(max_new_tokens=24)
     spec, stats = speculative_generate(dec, texts, sampling, 3, batch_size=6)
@@ -72,7 +58,7 @@ def test_speculative_greedy_equals_plain_with_per_row_rollbacks(sliding_family):
 def test_rolled_back_caches_equal_a_fresh_forward(sliding_family):
     """After sampled rounds with per-row rollbacks, every model's next logits equal a forward over the row's
     prompt and emitted tokens alone (no padding, no rollback: transformers' own sliding window)."""
-    dec = decoder(sliding_family, FusionRule("eft"))
+    dec = family_decoder(sliding_family, FusionRule("eft"))
     texts = prompts(5, seed=7)
     sampling = SamplingConfig(max_new_tokens=100, temperature=1.0, seed=4)
     stopper = StopChecker(set(), [], dec.tokenizer, sampling.max_new_tokens)
