@@ -87,8 +87,21 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--score", help="Teacher-forced log-prob of each row's continuation.")
         ] = False,
         batch_size: Annotated[
-            int, typer.Option("--batch-size", min=1, help="Prompts per batch (cbs/bon: each brings W·K or N rows).")
+            int,
+            typer.Option(
+                "--batch-size",
+                min=1,
+                help="Prompts decoded at once; a finished row's place goes to the next prompt at once "
+                "(speculative and cbs/bon decode in groups; cbs/bon: each prompt brings W·K or N rows).",
+            ),
         ] = 8,
+        static_batches: Annotated[
+            bool,
+            typer.Option(
+                "--static-batches",
+                help="Decode in fixed groups of --batch-size: the next group starts once the whole group is done.",
+            ),
+        ] = False,
         device: Annotated[str, typer.Option("--device", help="cpu | cuda | auto.")] = "auto",
         device_map: Annotated[
             str | None, typer.Option("--device-map", help="Spread the large model (accelerate), e.g. auto.")
@@ -160,7 +173,10 @@ def register(app: typer.Typer) -> None:
         )
         try:
             with CountProgress(len(rows), "scoring" if score else f"decoding ({spec.rule})", quiet) as progress:
-                run = run_decode(decoder, spec, rows, batch_size=batch_size, score=score, on_batch=progress.advance)
+                run = run_decode(
+                    decoder, spec, rows, batch_size=batch_size, score=score, on_batch=progress.advance,
+                    continuous=not static_batches,
+                )  # fmt: skip
         except BaseException:
             if not quiet:
                 err("stopped; no results file was written")

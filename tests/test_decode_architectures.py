@@ -16,6 +16,7 @@ import torch
 from decode_fixtures import config_family, family_decoder, full_logprobs, hf_greedy
 
 from modelops.decode import FusionRule, SamplingConfig
+from modelops.decode.loops import StopChecker, lockstep_generate
 from modelops.decode.speculative import speculative_generate
 
 CORPUS = [
@@ -80,6 +81,19 @@ def test_weight_zero_decodes_like_transformers_with_left_padding(arch_family):
         PROMPTS, SamplingConfig(max_new_tokens=12), batch_size=len(PROMPTS)
     )
     assert [g.token_ids for g in gens] == hf_greedy(arch_family["large"], PROMPTS, 12)
+
+
+def test_rows_joining_a_running_batch_decode_like_transformers(arch_family):
+    """Row 0 stops on a token it says early (a stop id), so later prompts join running batches of 2."""
+    dec = family_decoder(arch_family, FusionRule("eft", weights=[0.0]))
+    full = hf_greedy(arch_family["large"], PROMPTS, 12)
+    stop_id = full[0][3]
+    stopper = StopChecker(dec.stop_ids | {stop_id}, [], dec.tokenizer, 12)
+    stats: dict = {}
+    outs = lockstep_generate(dec.runners(), dec.fuse, dec._prompt_ids(PROMPTS), SamplingConfig(max_new_tokens=12),
+                             stopper, dec.pad_id, rows=2, stats=stats)  # fmt: skip
+    assert stats["admissions"] > 0
+    assert [o.token_ids for o in outs] == [r[: r.index(stop_id) + 1] if stop_id in r else r for r in full]
 
 
 def test_texts_are_the_tokenizers_decoding_of_the_tokens(arch_family):

@@ -203,3 +203,18 @@ def test_existing_output_needs_overwrite(decode_family, tmp_path):
     ]
     assert invoke(*args).exit_code == 2 and target.read_text() == "keep me\n"
     assert invoke(*args, "--overwrite").exit_code == 0 and read(target)[0]["id"] == "p0"
+
+
+def test_static_batches_give_the_same_rows_without_admissions(decode_family, tmp_path):
+    fam = {k: str(v) for k, v in decode_family.items()}
+    src = write_prompts(tmp_path / "p.jsonl", prompts(7))
+    common = ["--large", fam["large"], "--small-base", fam["base"], "--expert", fam["expert"], "--prompts", str(src),
+              "--max-new-tokens", "12", "--batch-size", "2", "--stop", "w5"]  # fmt: skip
+    outputs = []
+    for extra, name in (([], "c.jsonl"), (["--static-batches"], "s.jsonl")):
+        res = invoke(*common, *extra, "--out", str(tmp_path / name))
+        assert res.exit_code == 0, res.output
+        outputs.append((read(tmp_path / name), res.output))
+    (cont, cont_log), (static, static_log) = outputs
+    assert cont == static
+    assert "admissions 0" in static_log and "admissions 0" not in cont_log and "occupancy" in cont_log

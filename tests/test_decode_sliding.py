@@ -45,6 +45,18 @@ def test_weight_zero_decodes_like_transformers_past_the_window(sliding_family):
     assert [g.token_ids for g in gens] == hf_greedy(sliding_family["large"], texts, 20)
 
 
+def test_rows_joining_a_running_batch_decode_like_transformers(sliding_family):
+    texts = prompts(6, seed=2)
+    dec = family_decoder(sliding_family, FusionRule("eft", weights=[0.0]))
+    full = hf_greedy(sliding_family["large"], texts, 20)
+    stop_id = full[0][4]  # a word row 0 says early: that row ends there and a prompt takes its place
+    expected = [row[: row.index(stop_id) + 1] if stop_id in row else row for row in full]
+    sampling = SamplingConfig(max_new_tokens=20, stop=[dec.tokenizer.decode([stop_id])])
+    gens = dec.generate(texts, sampling, batch_size=2)
+    assert dec.last_stats["admissions"] > 0
+    assert [g.token_ids for g in gens] == expected
+
+
 def test_speculative_greedy_equals_plain_with_per_row_rollbacks(sliding_family):
     dec = family_decoder(sliding_family, FusionRule("eft"))
     texts = prompts(6, seed=2)

@@ -64,8 +64,9 @@ def run_decode(
     batch_size: int = 8,
     score: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    continuous: bool = True,
 ) -> DecodeRun:
-    """Generate (or score) every prompt row under the spec's rule."""
+    """Generate (or score) every prompt row under the spec's rule; `continuous`: see `CoDecoder.generate`."""
     prompts = [r["prompt"] for r in prompt_rows]
     ids = [r["id"] for r in prompt_rows]
     start = time.perf_counter()
@@ -78,7 +79,9 @@ def run_decode(
             for i, lp in zip(ids, logps, strict=True)
         ]
         return DecodeRun(rows, time.perf_counter() - start, 0, stats)
-    gens = decoder.generate(prompts, spec.sampling, ids=ids, batch_size=batch_size, on_batch=on_batch)
+    gens = decoder.generate(
+        prompts, spec.sampling, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous
+    )
     stats = dict(decoder.last_stats)
     rows = [generation_row(g, spec) for g in gens]
     return DecodeRun(rows, time.perf_counter() - start, sum(g.num_tokens for g in gens), stats)

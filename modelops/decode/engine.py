@@ -204,8 +204,11 @@ class CoDecoder:
         ids: Sequence[Any] | None = None,
         batch_size: int = 8,
         on_batch: Callable[[int], None] | None = None,
+        continuous: bool = True,
     ) -> list[Generation]:
-        """Fused generation for every prompt, `batch_size` prompts at a time."""
+        """Fused generation for every prompt, at most `batch_size` rows at a time. `continuous`: a finished row's
+        place goes to the next prompt at once (the lock-step rules; speculative and search decode in groups).
+        `on_batch(k)`: k more prompts are done."""
         sampling = sampling or SamplingConfig()
         sampling.validate()
         if self.rule.name in SEARCH_RULES:
@@ -226,18 +229,15 @@ class CoDecoder:
             return gens
         generator = make_generator(sampling.seed, self.device)
         stopper = StopChecker(self.stop_ids, sampling.stop, self.tokenizer, sampling.max_new_tokens)
-        results: list[Generation] = []
-        for lo in range(0, len(prompts), batch_size):
-            batch = list(prompts[lo : lo + batch_size])
-            outs = lockstep_generate(
-                self.runners(), self.fuse, self._prompt_ids(batch), sampling, stopper, self.pad_id, generator,
-                overlap=self.overlap,
-            )  # fmt: skip
-            for k, out in enumerate(outs):
-                results.append(self._to_generation(ids[lo + k] if ids is not None else lo + k, out))
-            if on_batch:
-                on_batch(len(batch))
-        return results
+        if not prompts:
+            return []
+        stats: dict[str, Any] = {}
+        outs = lockstep_generate(
+            self.runners(), self.fuse, self._prompt_ids(prompts), sampling, stopper, self.pad_id, generator,
+            overlap=self.overlap, rows=batch_size, refill=continuous, on_done=on_batch, stats=stats,
+        )  # fmt: skip
+        self.last_stats = stats
+        return [self._to_generation(ids[k] if ids is not None else k, out) for k, out in enumerate(outs)]
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str], *, batch_size: int = 8) -> list[list[float]]:
         """Teacher-forced fused log-probs of each continuation's tokens (continuations tokenized on their own)."""

@@ -118,3 +118,32 @@ def reorder_slots(cache: Any, index: torch.Tensor) -> None:
             layer._values[..., : layer.length, :] = values
         else:
             layer.keys, layer.values = keys, values
+
+
+def can_append_rows(cache: Any) -> bool:
+    """Whether `append_rows` can take this cache: every layer a plain key/value layer (not a recurrent or
+    quantized one, whose state is not a (B, H, S, D) pair)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (GrowingLayer, DynamicLayer) for layer in layers)
+
+
+def append_rows(cache: Any, new: Any) -> None:
+    """Append `new`'s rows to `cache`, in place: both are left-padded (with zeros) to the longer cached length, so
+    every row keeps its slots at the right end, as a left-padded batch has them. The callers pad the masks alike."""
+    for layer, other in zip(cache.layers, new.layers, strict=True):
+        length = max(layer.keys.shape[-2], other.keys.shape[-2])
+        keys = torch.cat([_left_pad(layer.keys, length), _left_pad(other.keys, length)])
+        values = torch.cat([_left_pad(layer.values, length), _left_pad(other.values, length)])
+        if isinstance(layer, GrowingLayer):
+            layer._keys, layer._values = None, None  # no old rows to keep: _reserve allocates with room to spare
+            layer.length = 0
+            layer.update(keys, values)
+        else:
+            layer.keys, layer.values = keys, values
+
+
+def _left_pad(states: torch.Tensor, length: int) -> torch.Tensor:
+    short = length - states.shape[-2]
+    if short == 0:
+        return states
+    return torch.cat([states.new_zeros((*states.shape[:-2], short, states.shape[-1])), states], dim=-2)

@@ -88,37 +88,67 @@ def lockstep_generate(
     pad_id: int,
     generator: torch.Generator | None = None,
     overlap: Overlap | None = None,
+    rows: int | None = None,
+    refill: bool = True,
+    on_done: Callable[[int], None] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> list[RowOutput]:
-    """Decode one batch: every model sees its own prompt, then the same fused tokens; finished rows leave.
+    """Decode every prompt, at most `rows` at a time: every model sees its own prompt, then the same fused tokens.
 
-    `prompts[m][row]` are model m's prompt ids. Cost per step: one cached forward per model plus one fused
-    combination; rows that stopped are dropped from every cache. `overlap`: the small models run beside the large.
+    `prompts[m][i]` are model m's ids for prompt i. Cost per step: one cached forward per model plus one fused
+    combination. A finished row leaves every cache; with `refill` (and caches that can take rows) the next
+    prompts are prefilled and join the running batch in its place (continuous batching), else the next group
+    starts once the batch is empty. `overlap`: the small models run beside the large. `on_done(k)`: k rows ended.
+    `stats` gets steps, admissions (prefills that joined a running batch) and occupancy (live rows ÷ `rows`).
     """
     n_rows = len(prompts[0])
+    rows = rows or n_rows
     outputs = [RowOutput() for _ in range(n_rows)]
-    logits = prefill_all(runners, prompts, pad_id, overlap)
-    live = torch.arange(n_rows)
+    queue = list(range(n_rows - 1, -1, -1))  # popped from the end: prompt order
+    live: list[int] = []  # the prompt index of each batch row
+    logits: list[torch.Tensor] = []
+    steps = row_steps = admissions = 0
     while True:
+        free = min(rows - len(live), len(queue))
+        if free and (not live or (refill and all(r.can_admit for r in runners))):
+            new = [queue.pop() for _ in range(free)]
+            admitted = admit_all(runners, [[p[i] for i in new] for p in prompts], pad_id, overlap)
+            admissions += bool(live)
+            logits = admitted if not live else [torch.cat(pair) for pair in zip(logits, admitted, strict=True)]
+            live += new
+        steps, row_steps = steps + 1, row_steps + len(live)
         fused, weights = fuse(logits)
         tokens = choose(fused, sampling, generator)
         tokens_cpu = tokens.tolist()
         weights_cpu = weights.tolist() if weights is not None else None
         done = []
-        for j, row in enumerate(live.tolist()):
+        for j, row in enumerate(live):
             out = outputs[row]
             out.token_ids.append(tokens_cpu[j])
             if weights_cpu is not None:
                 out.weights.append(weights_cpu[j])
             done.append(stopper.check(out))
-        if all(done):
-            return outputs
         if any(done):
+            if on_done:
+                on_done(sum(done))
+            if all(done) and not queue:
+                if stats is not None:
+                    stats.update(steps=steps, admissions=admissions, occupancy=row_steps / (steps * rows))
+                return outputs
             keep = torch.tensor([not d for d in done])
             idx = torch.nonzero(keep)[:, 0]
             for runner in runners:
                 runner.select(idx)
-            live, tokens = live[keep], tokens[idx.to(tokens.device)]
-        logits = run_all([partial(runner.step, tokens) for runner in runners], overlap)
+            live, tokens = [r for r, d in zip(live, done, strict=True) if not d], tokens[idx.to(tokens.device)]
+        logits = run_all([partial(runner.step, tokens) for runner in runners], overlap) if live else []
+
+
+def admit_all(
+    runners: list[Runner], prompts: list[list[list[int]]], pad_id: int, overlap: Overlap | None = None
+) -> list[torch.Tensor]:
+    """Each runner's last-position logits (B_new, W_m) for new left-padded prompts `prompts[m]` joining its batch."""
+    padded = [left_pad(rows, pad_id) for rows in prompts]
+    return run_all([partial(r.admit, ids, mask) for r, (ids, mask) in zip(runners, padded, strict=True)], overlap)
 
 
 def continuation_logprobs(

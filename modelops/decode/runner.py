@@ -68,6 +68,34 @@ class Runner:
         logits = out.logits.float()
         return logits if all_logits else logits[:, -1]
 
+    @property
+    def can_admit(self) -> bool:
+        """Whether new rows can join this runner's batch mid-decode (its cache layers are plain key/value ones)."""
+        from modelops.decode.kvcache import can_append_rows
+
+        return self.cache is not None and can_append_rows(self.cache)
+
+    @torch.inference_mode()
+    def admit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Prefill new left-padded prompts and append them, after the live rows, to the batch: the way a finished
+        row's place is given to the next prompt. Returns the new rows' last-position logits (B_new, W)."""
+        if self.batch_size == 0:
+            return self.prefill(input_ids, attention_mask)
+        from modelops.decode.kvcache import append_rows
+
+        cache, mask, next_pos = self.cache, self.mask, self.next_pos
+        assert mask is not None and next_pos is not None
+        logits = self.prefill(input_ids, attention_mask)  # the new rows alone, in a cache of their own
+        new_mask, new_pos = self.mask, self.next_pos
+        assert new_mask is not None and new_pos is not None
+        append_rows(cache, self.cache)
+        width = max(mask.shape[1], new_mask.shape[1])
+        self.cache = cache
+        self.mask = torch.cat([_left_pad_mask(mask, width), _left_pad_mask(new_mask, width)])
+        self.next_pos = torch.cat([next_pos, new_pos])
+        self.dense = bool(self.mask.all())
+        return logits
+
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed (B,) or (B, k) tokens to every live row; return logits (B, W) or (B, k, W)."""
@@ -136,3 +164,7 @@ class Runner:
         self.mask = mask
         self.next_pos = mask.sum(-1)
         self.dense = bool(mask.all())
+
+
+def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros((mask.shape[0], width - mask.shape[1])), mask], dim=1)
