@@ -25,8 +25,8 @@ def both(decode_family, rule: FusionRule, experts: tuple[str, ...] = ("expert",)
 @pytest.mark.parametrize(
     ("rule", "experts", "sampling"),
     [
-        (FusionRule("eft"), ("expert",), SamplingConfig(max_new_tokens=14)),
-        (FusionRule("dlf"), ("expert", "expert2"), SamplingConfig(max_new_tokens=14)),
+        (FusionRule("eft"), ("expert",), SamplingConfig(max_new_tokens=14, stop=["w5"])),
+        (FusionRule("dlf"), ("expert", "expert2"), SamplingConfig(max_new_tokens=14, stop=["w5"])),
         (FusionRule("eft"), ("expert",), SamplingConfig(max_new_tokens=14, temperature=1.0, top_k=20, seed=3)),
         (FusionRule("eft", speculative=3), ("expert",), SamplingConfig(max_new_tokens=14)),
     ],
@@ -37,6 +37,8 @@ def test_parallel_models_decode_the_same_tokens(decode_family, rule, experts, sa
     seq, par = both(decode_family, rule, experts)
     a = seq.generate(texts, sampling, batch_size=4)
     b = par.generate(texts, sampling, batch_size=4)
+    if sampling.stop:  # rows ended early and prompts joined running batches, on the worker thread too
+        assert seq.last_stats["admissions"] > 0 and par.last_stats["admissions"] > 0
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert [g.weights for g in a] == [g.weights for g in b]
 

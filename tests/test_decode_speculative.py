@@ -191,6 +191,21 @@ def test_greedy_equality_holds_with_stop_strings_eos_and_length_in_one_batch(rel
     assert {"stop", "length"} <= {g.finish_reason for g in plain}
 
 
+def test_greedy_equality_holds_when_rows_join_running_batches(related_family):
+    decoder = eft(related_family)
+    texts = prompts(9, seed=6)
+    probe = plain_tokens(decoder, texts, SamplingConfig(max_new_tokens=24), 9)
+    stop_word = decoder.tokenizer.decode([probe[0][4]])  # row 0 stops early: a waiting prompt takes its place
+    sampling = SamplingConfig(max_new_tokens=24, stop=[stop_word])
+    one_by_one = plain_tokens(decoder, texts, sampling, 1)
+    for schedule in ("constant", "heuristic"):
+        spec, stats = speculative_generate(decoder, texts, sampling, 3, batch_size=3, schedule=schedule)
+        assert stats.admissions > 0
+        assert [g.token_ids for g in spec] == one_by_one
+    grouped, stats = speculative_generate(decoder, texts, sampling, 3, batch_size=3, continuous=False)
+    assert stats.admissions == 0 and [g.token_ids for g in grouped] == one_by_one
+
+
 @pytest.mark.parametrize(("rule", "experts"), [(FusionRule("fixed", weights=[0.7, 0.5]), 2), (FusionRule("dlf"), 1)])
 def test_other_per_position_rules_speculate_exactly(related_family, rule, experts):
     """fixed (the first expert drafts, the second verifies) and dlf (α trace kept per token)."""
@@ -279,15 +294,21 @@ def chi_square_pvalue(counts: dict[tuple[int, ...], int], dist: dict[tuple[int, 
 
 
 @pytest.mark.parametrize(
-    ("draft_len", "temperature", "top_k", "schedule"),
-    [(1, 1.0, 0, "constant"), (3, 1.0, 0, "constant"), (3, 0.8, 6, "constant"), (3, 1.0, 0, "heuristic")],
-)
-def test_sampled_output_has_the_exact_fused_distribution(tiny_vocab_family, draft_len, temperature, top_k, schedule):
+    ("draft_len", "temperature", "top_k", "schedule", "batch_size"),
+    [(1, 1.0, 0, "constant", 8000), (3, 1.0, 0, "constant", 8000), (3, 0.8, 6, "constant", 8000),
+     (3, 1.0, 0, "heuristic", 8000), (2, 1.0, 0, "constant", 1500)],  # the last: rows join running batches
+)  # fmt: skip
+def test_sampled_output_has_the_exact_fused_distribution(
+    tiny_vocab_family, draft_len, temperature, top_k, schedule, batch_size
+):
     decoder = eft(tiny_vocab_family)
     text = "w1 w5 w2"
     n = 8000
     sampling = SamplingConfig(max_new_tokens=draft_len + 2, temperature=temperature, top_k=top_k, seed=1234)
-    gens, stats = speculative_generate(decoder, [text] * n, sampling, draft_len, batch_size=n, schedule=schedule)
+    gens, stats = speculative_generate(
+        decoder, [text] * n, sampling, draft_len, batch_size=batch_size, schedule=schedule
+    )
+    assert (stats.admissions > 0) == (batch_size < n)
     counts: dict[tuple[int, ...], int] = {}
     for g in gens:
         ids = g.token_ids[: g.token_ids.index(EOS) + 1] if EOS in g.token_ids[:3] else g.token_ids[:3]

@@ -207,7 +207,7 @@ class CoDecoder:
         continuous: bool = True,
     ) -> list[Generation]:
         """Fused generation for every prompt, at most `batch_size` rows at a time. `continuous`: a finished row's
-        place goes to the next prompt at once (the lock-step rules; speculative and search decode in groups).
+        place goes to the next prompt at once (lock-step and speculative rules; cbs/bon decode in groups).
         `on_batch(k)`: k more prompts are done."""
         sampling = sampling or SamplingConfig()
         sampling.validate()
@@ -223,7 +223,7 @@ class CoDecoder:
 
             gens, stats = speculative_generate(
                 self, prompts, sampling, self.rule.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch,
-                schedule=self.rule.speculative_schedule,
+                schedule=self.rule.speculative_schedule, continuous=continuous,
             )  # fmt: skip
             self.last_stats = dict(vars(stats))
             return gens

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from modelops.decode.acceptance import greedy_next, greedy_prefix, sampled_next, sampled_prefix
-from modelops.decode.loops import RowOutput, StopChecker, prefill_all
+from modelops.decode.loops import RowOutput, StopChecker, admit_all
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, warp
@@ -63,6 +63,7 @@ class SpeculativeStats:
     tokens_per_round: float = 0.0  # (accepted + 1) per row-round: tokens one verification forward yields
     mean_draft_len: float = 0.0  # drafts per row-round (K under the constant schedule, bar the last rounds)
     bonus_steps: int = 0  # rounds where some row accepted every draft, so the expert was also fed d_k
+    admissions: int = 0  # prefills that joined a running batch (continuous batching)
     seconds: float = 0.0
 
     def finish(self) -> SpeculativeStats:
@@ -114,14 +115,22 @@ class SpeculativeBatch:
 
     def start(self, prompts: list[list[list[int]]], pad_id: int) -> bool:
         """Prefill every runner with its own prompts; the first token comes from the prefill logits."""
-        n_rows = len(prompts[0])
-        self.outputs = [RowOutput() for _ in range(n_rows)]
-        fused, weights = self.fuse(prefill_all(self.runners, prompts, pad_id, self.overlap))
+        self.outputs = [RowOutput() for _ in prompts[0]]
+        return self.admit(list(range(len(prompts[0]))), prompts, pad_id)
+
+    def admit(self, rows: list[int], prompts: list[list[list[int]]], pad_id: int) -> bool:
+        """Prefill the prompts of output rows `rows` (`prompts[m][j]`: model m's ids for rows[j]) and add them to
+        the live batch, each with its first token from the prefill logits; True while rows are left."""
+        fused, weights = self.fuse(admit_all(self.runners, prompts, pad_id, self.overlap))
         first = choose(fused, self.sampling, self.generator)
-        self.live = torch.arange(n_rows)
+        n_old = len(self.live)
+        self.live = torch.cat([self.live, torch.tensor(rows, dtype=torch.long)])
+        self.pending = torch.cat([self.pending.to(first.device), first])
         first_cpu = first.tolist()
-        done = [self._emit(j, [first_cpu[j]], None if weights is None else weights[j : j + 1]) for j in range(n_rows)]
-        self.pending = first
+        done = [False] * n_old + [
+            self._emit(n_old + j, [first_cpu[j]], None if weights is None else weights[j : j + 1])
+            for j in range(len(rows))
+        ]
         return self._drop(done)
 
     def round(self) -> bool:
@@ -217,9 +226,6 @@ class SpeculativeBatch:
 
     def _drop(self, done: list[bool]) -> bool:
         """Finished rows leave every runner; True while rows are left."""
-        if all(done):
-            self.live = self.live[:0]
-            return False
         if any(done):
             keep = torch.tensor([not d for d in done])
             idx = torch.nonzero(keep)[:, 0]
@@ -227,7 +233,7 @@ class SpeculativeBatch:
                 runner.select(idx)
             self.live = self.live[keep]
             self.pending = self.pending[idx.to(self.pending.device)]
-        return True
+        return bool(len(self.live))
 
 
 def speculative_lockstep(
@@ -243,13 +249,30 @@ def speculative_lockstep(
     stats: SpeculativeStats | None = None,
     overlap: Overlap | None = None,
     schedule: str = "constant",
+    rows: int | None = None,
+    refill: bool = True,
+    on_done: Callable[[int], None] | None = None,
 ) -> list[RowOutput]:
-    """Decode one batch speculatively; same inputs and outputs as `lockstep_generate` plus the draft length
-    (the first round's under the heuristic schedule)."""
+    """Decode every prompt speculatively, at most `rows` at a time; same inputs, outputs and batching as
+    `lockstep_generate` (finished rows' places go to waiting prompts when `refill`), plus the draft length (the
+    first round's under the heuristic schedule)."""
     batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats, overlap, schedule)
-    alive = batch.start(prompts, pad_id)
-    while alive:
-        alive = batch.round()
+    n_rows = len(prompts[0])
+    rows = rows or n_rows
+    batch.outputs = [RowOutput() for _ in range(n_rows)]
+    queue = list(range(n_rows - 1, -1, -1))  # popped from the end: prompt order
+    while queue or len(batch.live):
+        before = len(batch.live)
+        free = min(rows - before, len(queue))
+        if free and (not before or (refill and all(r.can_admit for r in runners))):
+            new = [queue.pop() for _ in range(free)]
+            batch.stats.admissions += bool(before)
+            batch.admit(new, [[p[i] for i in new] for p in prompts], pad_id)
+        else:
+            new = []
+            batch.round()
+        if on_done and before + len(new) > len(batch.live):
+            on_done(before + len(new) - len(batch.live))
     return batch.outputs
 
 
@@ -263,8 +286,10 @@ def speculative_generate(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     schedule: str = "constant",
+    continuous: bool = True,
 ) -> tuple[list[Generation], SpeculativeStats]:
-    """Speculative fused generation for every prompt, `batch_size` prompts at a time.
+    """Speculative fused generation for every prompt, at most `batch_size` rows at a time (a finished row's place
+    goes to the next prompt unless `continuous` is False).
 
     Works for every logit rule whose target is computed per position (eft, proxy, fixed, dlf); with several
     experts the first one drafts and the others verify with the large model and the small base. `schedule`:
@@ -284,27 +309,12 @@ def speculative_generate(
     stopper = StopChecker(decoder.stop_ids, sampling.stop, decoder.tokenizer, sampling.max_new_tokens)
     stats = SpeculativeStats(draft_len=draft_len)
     start = time.perf_counter()
-    results: list[Generation] = []
-    for lo in range(0, len(prompts), batch_size):
-        batch = list(prompts[lo : lo + batch_size])
-        outs = speculative_lockstep(
-            decoder.runners(),
-            decoder.fuse,
-            decoder.width,
-            decoder._prompt_ids(batch),
-            sampling,
-            stopper,
-            decoder.pad_id,
-            draft_len,
-            generator,
-            stats,
-            decoder.overlap,
-            schedule,
-        )
-        for j, out in enumerate(outs):
-            results.append(decoder._to_generation(ids[lo + j] if ids is not None else lo + j, out))
-        if on_batch:
-            on_batch(len(batch))
+    outs = speculative_lockstep(
+        decoder.runners(), decoder.fuse, decoder.width, decoder._prompt_ids(prompts), sampling, stopper,
+        decoder.pad_id, draft_len, generator, stats, decoder.overlap, schedule, rows=batch_size, refill=continuous,
+        on_done=on_batch,
+    )  # fmt: skip
+    results = [decoder._to_generation(ids[j] if ids is not None else j, out) for j, out in enumerate(outs)]
     stats.seconds = time.perf_counter() - start
     stats.finish()
     logger.info(
