@@ -156,5 +156,5 @@ def test_eval_parallel_models_gives_the_sequential_generations(decode_family, tm
     systems = {n: s for r in recipes for n, s in load_recipe(r)[0].items()}
     evaluate(systems, [load_task(str(task))], batch_size=2, device="cpu", parallel_models=True,
              progress=lambda *_: seen.append(bool(workers() - before)))  # fmt: skip
-    assert seen == [True] * 6  # 2 systems × 3 batches, each decoded with a live worker
+    assert len(seen) >= 4 and all(seen)  # 2 systems, progress as rows finish, each time with a live worker
     assert not workers() - before  # closed by evaluate, not left to the garbage collector

@@ -368,6 +368,24 @@ def test_evaluate_prebuilt_decoder(fam: dict, greedy: dict, tmp_path: Path) -> N
     assert evaluate({"x": SystemSpec("x", decoder=decoder)}, [task], sampling).results[0].mean < 1.0
 
 
+def test_greedy_rows_join_running_batches(fam: dict, greedy: dict, tmp_path: Path) -> None:
+    """Greedy generation tasks decode a process's rows in one continuous batch: rows that stop early give their
+    place to the next prompt, and every text is still the model's own greedy one."""
+    from modelops.decode.engine import CoDecoder, FusionRule
+    from modelops.decode.models import Member
+    from modelops.decode.sampling import SamplingConfig
+
+    assert len({len(greedy[p][0].split()) for p in PROMPTS}) > 1  # rows of different lengths
+    decoder = CoDecoder([Member("large", "mem", fam["lm"], fam["tok"])], FusionRule("single"))
+    task = load_task(str(jsonl(tmp_path / "c.jsonl", [{"prompt": p, "reference": "w1"} for p in PROMPTS])))
+    seen: list[int] = []
+    report = evaluate({"x": SystemSpec("x", decoder=decoder)}, [task], SamplingConfig(max_new_tokens=4),
+                      batch_size=3, progress=lambda _name, k, _n: seen.append(k))  # fmt: skip
+    assert decoder.last_stats["admissions"] > 0
+    assert [r["text"] for r in report.results[0].records] == [greedy[p][0] for p in PROMPTS]
+    assert seen[-1] == len(PROMPTS) and seen == sorted(seen)
+
+
 @pytest.mark.slow
 def test_harness_reproduces_the_zoos_own_scores(mini_zoo: Path) -> None:
     """Every model of a mini zoo on every task: the harness (co-decoder) equals modelops/zoo/scores.py (its own

@@ -102,7 +102,9 @@ def lockstep_generate(
     `stats` gets steps, admissions (prefills that joined a running batch) and occupancy (live rows ÷ `rows`).
     """
     n_rows = len(prompts[0])
-    rows = rows or n_rows
+    if not n_rows:
+        return []
+    rows = min(rows or n_rows, n_rows)
     outputs = [RowOutput() for _ in range(n_rows)]
     queue = list(range(n_rows - 1, -1, -1))  # popped from the end: prompt order
     live: list[int] = []  # the prompt index of each batch row

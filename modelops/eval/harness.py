@@ -216,9 +216,15 @@ class _Scorers:
 
 
 def _score_batch(
-    decoder: Any, task: TaskSpec, rows: list[dict], sampling: Any, scorers: _Scorers, batch_size: int
+    decoder: Any,
+    task: TaskSpec,
+    rows: list[dict],
+    sampling: Any,
+    scorers: _Scorers,
+    batch_size: int,
+    on_rows: Any = None,
 ) -> list[dict[str, Any]]:
-    """Records (one per row) with the per-row `value` the summary averages."""
+    """Records (one per row) with the per-row `value` the summary averages; `on_rows(k)`: k more generated."""
     prompts = [r["prompt"] for r in rows]
     if task.metric == "choice":
         flat_p = [p for r in rows for p in [r["prompt"]] * len(r["choices"])]
@@ -232,7 +238,7 @@ def _score_batch(
             out.append({"id": r["id"], "prompt": r["prompt"], "prediction": pred, "answer": gold,
                         "logprob_sums": [sum(lp) for lp in lps], "value": float(pred == gold)})  # fmt: skip
         return out
-    gens = decoder.generate(prompts, sampling, ids=[r["id"] for r in rows], batch_size=len(rows))
+    gens = decoder.generate(prompts, sampling, ids=[r["id"] for r in rows], batch_size=batch_size, on_batch=on_rows)
     out = []
     for r, g in zip(rows, gens, strict=True):
         finished = g.finish_reason in ("eos", "stop")
@@ -281,16 +287,28 @@ def run_task(
         with state.split_between_processes(batches) as part:
             mine = list(part)
     records: list[dict[str, Any]] = []
-    done, total = 0, sum(len(idx) for _, idx in mine)
+    total = sum(len(idx) for _, idx in mine)
+    done = [0]
+
+    def advance(k: int) -> None:
+        done[0] += k
+        if progress:
+            progress(task.name, done[0], total)
+
+    if task.metric != "choice" and sampling.greedy and mine:
+        # greedy: one call over this process's rows, so a finished row's place goes to the next prompt at once
+        # (the same tokens as batch by batch); sampled batches keep their own seeds, whatever the process count
+        mine = [(0, [i for _, idx in mine for i in idx])]
     for b, idx in mine:
         seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + b)
-        recs = _score_batch(decoder, task, [task.rows[i] for i in idx], seeded, scorers, batch_size)
+        generated = task.metric != "choice"
+        recs = _score_batch(decoder, task, [task.rows[i] for i in idx], seeded, scorers, batch_size,
+                            on_rows=advance if generated else None)  # fmt: skip
         for i, rec in zip(idx, recs, strict=True):
             rec["index"] = i
         records += recs
-        done += len(idx)
-        if progress:
-            progress(task.name, done, total)
+        if not generated:
+            advance(len(idx))
     if state is not None and state.num_processes > 1:
         from accelerate.utils import gather_object
 
