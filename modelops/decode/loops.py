@@ -71,12 +71,13 @@ class StopChecker:
         return False
 
 
-def prefill_all(
-    runners: list[Runner], prompts: list[list[list[int]]], pad_id: int, overlap: Overlap | None = None
-) -> list[torch.Tensor]:
-    """Each runner's last-position logits (B, W_m) after its own left-padded prompts `prompts[m]`."""
-    padded = [left_pad(rows, pad_id) for rows in prompts]
-    return run_all([partial(r.prefill, ids, mask) for r, (ids, mask) in zip(runners, padded, strict=True)], overlap)
+def take_waiting(queue: list[int], n_live: int, rows: int, refill: bool, runners: list[Runner]) -> list[int]:
+    """The waiting prompts (popped from the end of `queue`) to prefill now: enough to fill the batch up to `rows`,
+    when it is empty, or when `refill` is on and every runner's cache can take rows mid-decode."""
+    free = min(rows - n_live, len(queue))
+    if not free or (n_live and not (refill and all(r.can_admit for r in runners))):
+        return []
+    return [queue.pop() for _ in range(free)]
 
 
 def lockstep_generate(
@@ -111,9 +112,8 @@ def lockstep_generate(
     logits: list[torch.Tensor] = []
     steps = row_steps = admissions = 0
     while True:
-        free = min(rows - len(live), len(queue))
-        if free and (not live or (refill and all(r.can_admit for r in runners))):
-            new = [queue.pop() for _ in range(free)]
+        new = take_waiting(queue, len(live), rows, refill, runners)
+        if new:
             admitted = admit_all(runners, [[p[i] for i in new] for p in prompts], pad_id, overlap)
             admissions += bool(live)
             logits = admitted if not live else [torch.cat(pair) for pair in zip(logits, admitted, strict=True)]

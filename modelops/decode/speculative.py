@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from modelops.decode.acceptance import greedy_next, greedy_prefix, sampled_next, sampled_prefix
-from modelops.decode.loops import RowOutput, StopChecker, admit_all
+from modelops.decode.loops import RowOutput, StopChecker, admit_all, take_waiting
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, warp
@@ -263,13 +263,11 @@ def speculative_lockstep(
     queue = list(range(n_rows - 1, -1, -1))  # popped from the end: prompt order
     while queue or len(batch.live):
         before = len(batch.live)
-        free = min(rows - before, len(queue))
-        if free and (not before or (refill and all(r.can_admit for r in runners))):
-            new = [queue.pop() for _ in range(free)]
+        new = take_waiting(queue, before, rows, refill, runners)
+        if new:
             batch.stats.admissions += bool(before)
             batch.admit(new, [[p[i] for i in new] for p in prompts], pad_id)
         else:
-            new = []
             batch.round()
         if on_done and before + len(new) > len(batch.live):
             on_done(before + len(new) - len(batch.live))
