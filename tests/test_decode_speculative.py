@@ -191,6 +191,17 @@ def test_greedy_equality_holds_with_stop_strings_eos_and_length_in_one_batch(rel
     assert {"stop", "length"} <= {g.finish_reason for g in plain}
 
 
+def test_heuristic_schedule_starts_again_from_k_for_each_group(related_family):
+    """Identical models accept every draft, so the length grows 3, 5, 7, …; a prompt decoded after another one at
+    batch 1 starts again from K and drafts exactly what it drafts alone."""
+    fam = {k: related_family["base"] for k in ("large", "base", "expert")}
+    decoder = eft(fam)
+    text, sampling = prompts(1, seed=2)[0], SamplingConfig(max_new_tokens=30)
+    _, alone = speculative_generate(decoder, [text], sampling, 3, batch_size=1, schedule="heuristic")
+    _, twice = speculative_generate(decoder, [text, text], sampling, 3, batch_size=1, schedule="heuristic")
+    assert alone.mean_draft_len > 3 and twice.drafted == 2 * alone.drafted and twice.rounds == 2 * alone.rounds
+
+
 def test_greedy_equality_holds_when_rows_join_running_batches(related_family):
     decoder = eft(related_family)
     texts = prompts(9, seed=6)

@@ -124,6 +124,8 @@ class SpeculativeBatch:
         fused, weights = self.fuse(admit_all(self.runners, prompts, pad_id, self.overlap))
         first = choose(fused, self.sampling, self.generator)
         n_old = len(self.live)
+        if not n_old:  # a new group: what the schedule learnt from the last group's rows does not carry over
+            self.next_k = self.draft_len
         self.live = torch.cat([self.live, torch.tensor(rows, dtype=torch.long)])
         self.pending = torch.cat([self.pending.to(first.device), first])
         first_cpu = first.tolist()
