@@ -109,7 +109,7 @@ def reorder_slots(cache: Any, index: torch.Tensor) -> None:
     for layer in getattr(cache, "layers", []):
         if not getattr(layer, "is_initialized", False):
             continue
-        if type(layer) not in (GrowingLayer, DynamicLayer):
+        if not _plain(layer):
             raise TypeError(f"cannot reorder the slots of a {type(layer).__name__} cache layer")
         full = index[:, None, :, None].expand(*layer.keys.shape[:-1], layer.keys.shape[-1])
         keys, values = layer.keys.gather(2, full), layer.values.gather(2, full)
@@ -121,10 +121,15 @@ def reorder_slots(cache: Any, index: torch.Tensor) -> None:
 
 
 def can_append_rows(cache: Any) -> bool:
-    """Whether `append_rows` can take this cache: every layer a plain key/value layer (not a recurrent or
-    quantized one, whose state is not a (B, H, S, D) pair)."""
+    """Whether `append_rows` can take this cache: every layer a plain key/value one."""
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) in (GrowingLayer, DynamicLayer) for layer in layers)
+    return bool(layers) and all(_plain(layer) for layer in layers)
+
+
+def _plain(layer: Any) -> bool:
+    """A layer whose state is one (B, H, S, D) key tensor and one value tensor, which rows and slots can be
+    rearranged in (not a recurrent, quantized or offloaded layer)."""
+    return type(layer) in (GrowingLayer, DynamicLayer)
 
 
 def append_rows(cache: Any, new: Any) -> None:

@@ -260,7 +260,7 @@ def speculative_lockstep(
     first round's under the heuristic schedule)."""
     batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats, overlap, schedule)
     n_rows = len(prompts[0])
-    rows = min(rows or n_rows, max(n_rows, 1))
+    rows = min(rows or n_rows, n_rows)
     batch.outputs = [RowOutput() for _ in range(n_rows)]
     queue = list(range(n_rows - 1, -1, -1))  # popped from the end: prompt order
     while queue or len(batch.live):

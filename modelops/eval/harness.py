@@ -287,21 +287,21 @@ def run_task(
         with state.split_between_processes(batches) as part:
             mine = list(part)
     records: list[dict[str, Any]] = []
-    total = sum(len(idx) for _, idx in mine)
-    done = [0]
+    total, done = sum(len(idx) for _, idx in mine), 0
 
     def advance(k: int) -> None:
-        done[0] += k
+        nonlocal done
+        done += k
         if progress:
-            progress(task.name, done[0], total)
+            progress(task.name, done, total)
 
-    if task.metric != "choice" and sampling.greedy and mine:
+    generated = task.metric != "choice"
+    if generated and sampling.greedy and mine:
         # greedy: one call over this process's rows, so a finished row's place goes to the next prompt at once
         # (the same tokens as batch by batch); sampled batches keep their own seeds, whatever the process count
         mine = [(0, [i for _, idx in mine for i in idx])]
     for b, idx in mine:
         seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + b)
-        generated = task.metric != "choice"
         recs = _score_batch(decoder, task, [task.rows[i] for i in idx], seeded, scorers, batch_size,
                             on_rows=advance if generated else None)  # fmt: skip
         for i, rec in zip(idx, recs, strict=True):
