@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
                 "--batch-size",
                 min=1,
                 help="Prompts decoded at once; a finished row's place goes to the next prompt at once "
-                "(cbs/bon decode in groups, each prompt bringing W·K or N rows).",
+                "(cbs/bon: at the next chunk boundary, each prompt bringing W·K or N rows).",
             ),
         ] = 8,
         static_batches: Annotated[

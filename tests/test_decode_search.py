@@ -241,7 +241,7 @@ def test_text_level_scoring_rolls_back_retokenized_boundaries_and_matches_a_full
     ids = [large_tok.convert_tokens_to_ids(byte_char[b]) for b in response.encode("utf-8")]
     model = llama(3, vocab=len(small_tok))
     side = SmallSide(Member("base", "bpe", model, small_tok), text_mode=True)
-    side.prefill([prompt, prompt])
+    side.admit([prompt, prompt])
     side.select([0, 1, 1])  # rows 1 and 2 are copies: same cache, fed differently sized chunks below
     states = [Detok.start(large_tok("hello")["input_ids"])] * 3
     texts = ["", "", ""]
@@ -287,8 +287,70 @@ def test_cli_cbs_and_bon_write_scores_and_the_logit_rules_point_to_cbs(decode_fa
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["id"] for r in rows] == ["p0", "p1", "p2"]
         assert all(math.isfinite(r["score"]) and r["num_tokens"] <= 8 for r in rows)
+        one = tmp_path / f"{rule}-groups-of-1.jsonl"
+        res = runner.invoke(app, ["fuse-decode", "--large", str(shifted_large), "--rule", rule, "--out", str(one), "--static-batches", "--batch-size", "1", *common, *sampling, *extra])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        alone = [json.loads(line) for line in one.read_text().splitlines()]
+        assert [r["score"] for r in alone] == pytest.approx([r["score"] for r in rows], abs=1e-4)
+        assert [{**r, "score": 0} for r in alone] == [{**r, "score": 0} for r in rows]
     res = runner.invoke(
         app,
         ["fuse-decode", "--large", str(shifted_large), "--rule", "eft", "--out", str(tmp_path / "x.jsonl"), *common],
     )
     assert res.exit_code == 1 and "--rule cbs" in res.output
+
+
+MANY_STOPS = {EOS, *range(5, 96, 8)}  # rows end after a few tokens, so searches of one batch end at different times
+
+
+def test_prompts_joining_a_running_search_get_what_they_get_searched_alone(decode_family):
+    texts = prompts(7, seed=12)
+    mem = members(decode_family)
+    kw = {"beam_width": 2, "successors": 2, "chunk_len": 3, "sampling": cfg(12, 4), "keep_candidates": True}
+    kw["stop_ids"] = MANY_STOPS
+    stats: dict = {}
+    done: list[int] = []
+    joined = chunk_beam_search(*mem, texts, batch_size=3, stats=stats, on_batch=done.append, **kw)
+    alone = chunk_beam_search(*mem, texts, batch_size=1, **kw)
+    groups = chunk_beam_search(*mem, texts, batch_size=3, continuous=False, **kw)
+    assert stats["admissions"] >= 2 and sum(done) == 7  # prompts joined searches still under way
+    assert len({len(r.token_ids) for r in joined}) > 1
+    for a, b, c in zip(joined, alone, groups, strict=True):
+        assert a.token_ids == b.token_ids == c.token_ids
+        assert [x.token_ids for x in a.candidates] == [x.token_ids for x in b.candidates]
+        assert [x.token_ids for x in a.candidates] == [x.token_ids for x in c.candidates]
+        assert [x.score for x in a.candidates] == pytest.approx([x.score for x in b.candidates], abs=1e-4)
+    for prompt, res in zip(texts[3:], joined[3:], strict=True):  # those that joined: scored as plain forwards score
+        for cand in res.candidates:
+            assert cand.score == pytest.approx(rescore(decode_family, mem, prompt, cand.token_ids), abs=2e-4)
+
+
+def test_best_of_n_scored_every_few_tokens_with_prompts_joining_equals_scoring_once(decode_family):
+    texts = prompts(5, seed=3)
+    mem = members(decode_family)
+    kw = {"n": 3, "sampling": cfg(12, 8), "keep_candidates": True, "stop_ids": MANY_STOPS}
+    stats: dict = {}
+    pieces = best_of_n(*mem, texts, batch_size=2, score_every=4, stats=stats, **kw)
+    once = best_of_n(*mem, texts, batch_size=5, score_every=12, continuous=False, **kw)
+    assert stats["admissions"] >= 1 and stats["chunks"] > 3
+    assert stats["small_tokens_fed"] == 2 * stats["rows_sampled"]  # every token fed once, in pieces
+    for a, b in zip(pieces, once, strict=True):
+        assert a.token_ids == b.token_ids and a.score == pytest.approx(b.score, abs=1e-4)
+        pairs = sorted((c.token_ids, c.score) for c in a.candidates)
+        want = sorted((c.token_ids, c.score) for c in b.candidates)
+        assert [p[0] for p in pairs] == [w[0] for w in want]
+        assert [p[1] for p in pairs] == pytest.approx([w[1] for w in want], abs=1e-4)
+    for prompt, res in zip(texts, pieces, strict=True):
+        assert res.score == pytest.approx(rescore(decode_family, mem, prompt, res.token_ids), abs=2e-4)
+
+
+def test_text_level_search_with_prompts_joining_equals_searching_each_alone(decode_family, shifted_large):
+    mem = members(decode_family, large=shifted_large)
+    texts = prompts(5, seed=7)
+    kw = {"beam_width": 2, "successors": 2, "chunk_len": 3, "sampling": cfg(10, 5), "stop_ids": MANY_STOPS}
+    stats: dict = {}
+    joined = chunk_beam_search(*mem, texts, batch_size=2, stats=stats, **kw)
+    alone = chunk_beam_search(*mem, texts, batch_size=1, **kw)
+    assert stats["admissions"] >= 1 and (stats["base_input"], stats["expert_input"]) == ("text", "text")
+    assert [r.token_ids for r in joined] == [r.token_ids for r in alone]
+    assert [r.score for r in joined] == pytest.approx([r.score for r in alone], abs=1e-4)

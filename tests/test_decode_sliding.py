@@ -89,3 +89,35 @@ def test_rolled_back_caches_equal_a_fresh_forward(sliding_family):
             with torch.no_grad():
                 fresh = runner.model(ids).logits[0, -1].float()
             torch.testing.assert_close(nxt[row], fresh, atol=1e-4, rtol=1e-4)
+
+
+def test_search_with_prompts_joining_scores_like_full_forwards_past_the_window(sliding_family):
+    from transformers import AutoModelForCausalLM
+
+    from modelops.decode.search import chunk_beam_search
+
+    dec = family_decoder(sliding_family, FusionRule("eft"))
+    texts = prompts(5, seed=4)
+    sampling = SamplingConfig(max_new_tokens=16, temperature=0.9, top_k=40, seed=3)
+    kw = {"beam_width": 2, "successors": 2, "chunk_len": 4, "sampling": sampling, "keep_candidates": True}
+    kw["stop_ids"] = {2, *range(5, VOCAB, 8)}  # rows end at different times, so searches end at different chunks
+    stats: dict = {}
+    joined = chunk_beam_search(*dec.members, texts, batch_size=2, stats=stats, **kw)
+    alone = chunk_beam_search(*dec.members, texts, batch_size=1, **kw)
+    assert stats["admissions"] >= 1
+    assert [[c.token_ids for c in r.candidates] for r in joined] == [[c.token_ids for c in r.candidates] for r in alone]
+    small = {role: AutoModelForCausalLM.from_pretrained(sliding_family[role]).eval() for role in ("base", "expert")}
+
+    def logprob(role: str, prompt_ids: list[int], resp: list[int]) -> float:
+        with torch.no_grad():
+            logp = torch.log_softmax(small[role](torch.tensor([prompt_ids + resp])).logits[0].double(), -1)
+        return float(sum(logp[len(prompt_ids) - 1 + t, y] for t, y in enumerate(resp)))
+
+    past = 0
+    for text, res in zip(texts, joined, strict=True):
+        p_ids = dec.members[1].render(text)
+        for cand in res.candidates:
+            past += len(p_ids) + len(cand.token_ids) > WINDOW
+            want = logprob("expert", p_ids, cand.token_ids) - logprob("base", p_ids, cand.token_ids)
+            assert cand.score == pytest.approx(want, abs=2e-4)
+    assert past >= 5

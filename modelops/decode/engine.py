@@ -206,16 +206,16 @@ class CoDecoder:
         on_batch: Callable[[int], None] | None = None,
         continuous: bool = True,
     ) -> list[Generation]:
-        """Fused generation for every prompt, at most `batch_size` rows at a time. `continuous`: a finished row's
-        place goes to the next prompt at once (lock-step and speculative rules; cbs/bon decode in groups).
-        `on_batch(k)`: k more prompts are done."""
+        """Fused generation for every prompt, at most `batch_size` rows at a time (cbs/bon: prompts, each with
+        W·K or N rows). `continuous`: a finished row's place goes to the next prompt at once (cbs/bon: a finished
+        prompt's, at the next chunk boundary). `on_batch(k)`: k more prompts are done."""
         sampling = sampling or SamplingConfig()
         sampling.validate()
         if self.rule.name in SEARCH_RULES:
             from modelops.decode.search import run_search
 
             gens, self.last_stats = run_search(
-                self, sampling, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch
+                self, sampling, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous
             )
             return gens
         if self.rule.speculative:

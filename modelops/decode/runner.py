@@ -68,6 +68,11 @@ class Runner:
         logits = out.logits.float()
         return logits if all_logits else logits[:, -1]
 
+    def reset(self) -> None:
+        """Forget every row (the next `admit` or `prefill` starts a new batch)."""
+        self.cache = self.mask = self.next_pos = None
+        self.dense = False
+
     @property
     def can_admit(self) -> bool:
         """Whether new rows can join this runner's batch mid-decode (its cache layers are plain key/value ones)."""

@@ -9,9 +9,14 @@ stay in their prompt's pool of candidates with their final score; at every selec
 (finished and live together) are kept, the live ones among them get K successors each, and a prompt is done
 when its top W are all finished. The answer is the best candidate of the pool.
 
-Best-of-N = CBS(1, N, ∞) and plain sampling = CBS(1, 1, ∞). Each prompt samples from its own generator,
-seeded `seed + prompt index`, so results do not depend on the batch size, and CBS(1, 1, ∞) reproduces the
-lock-step sampler's tokens for the same seed.
+Best-of-N = CBS(1, N, ∞) and plain sampling = CBS(1, 1, ∞). With L = ∞ nothing is selected before the end,
+so the small models score every `score_every` tokens (the same sums, in pieces) and rows never fork. Each
+prompt samples from its own generator, seeded `seed + prompt index`, so results do not depend on the batch size
+or on which prompts share a batch, and CBS(1, 1, ∞) reproduces the lock-step sampler's tokens for the same seed.
+
+Continuous batching: at most `batch_size` prompts are searched at once; at each chunk boundary a prompt that is
+done hands its place to the next waiting one, whose prompt is prefilled on its own and whose W·K rows join every
+model's running batch (`Runner.admit`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any
 
 import torch
 
-from modelops.decode.loops import RowOutput, StopChecker, left_pad
+from modelops.decode.beams import Beam, SearchResult, best_result, select_next
+from modelops.decode.loops import RowOutput, StopChecker, left_pad, take_waiting
 from modelops.decode.models import Member
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
@@ -38,38 +44,12 @@ logger = logging.getLogger(__name__)
 
 SEARCH_DEFAULTS = {"temperature": 0.7, "top_k": 50, "top_p": 1.0}  # the paper's sampling for CBS and BoN
 DEFAULT_SHAPE = (4, 4, 5)  # W, K, L
+SCORE_EVERY = 16  # L = ∞: tokens between scorings (and admissions)
 
 
 def search_sampling(max_new_tokens: int = 128, seed: int | None = None, **overrides: Any) -> SamplingConfig:
     """A SamplingConfig with the search defaults (T 0.7, top-k 50, top-p 1.0)."""
     return SamplingConfig(max_new_tokens=max_new_tokens, seed=seed, **{**SEARCH_DEFAULTS, **overrides})
-
-
-@dataclass
-class SearchResult:
-    """The chosen response of one prompt. `token_ids` are the large model's new ids, the stop token included."""
-
-    text: str
-    token_ids: list[int]
-    score: float
-    finish_reason: str
-    num_tokens: int
-    stop_text: str | None = None
-    candidates: list[SearchResult] | None = None  # every finished candidate, with keep_candidates=True
-
-
-@dataclass
-class _Beam:
-    prompt: int  # index within the batch
-    out: RowOutput
-    detok: Detok | None = None
-    text: str = ""  # stable response text (text-level small models only)
-    score: float = 0.0
-    done: bool = False
-
-    def fork(self) -> _Beam:
-        out = RowOutput(list(self.out.token_ids), self.out.finish_reason, self.out.stop_text)
-        return _Beam(self.prompt, out, self.detok, self.text, self.score, self.done)
 
 
 @dataclass
@@ -83,6 +63,7 @@ class _Setup:
     beam_width: int
     successors: int
     chunk_len: int
+    forks: bool  # False for L = ∞: rows are scored every chunk_len tokens but never selected before the end
     keep_candidates: bool
     full_rescore: bool
     stats: dict[str, Any] = field(default_factory=dict)
@@ -107,21 +88,28 @@ def chunk_beam_search(
     stats: dict[str, Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
     overlap: Overlap | None = None,
+    continuous: bool = True,
+    score_every: int = SCORE_EVERY,
+    stop_ids: set[int] | None = None,
 ) -> list[SearchResult]:
-    """CBS(W=beam_width, K=successors, L=chunk_len) for every prompt, `batch_size` prompts per batch.
+    """CBS(W=beam_width, K=successors, L=chunk_len) for every prompt, at most `batch_size` prompts at a time.
 
-    `chunk_len` None means ∞ (one chunk of max_new_tokens). `sampling` defaults to `search_sampling()`; `seed`
-    overrides its seed. `text_level`: None picks per small model (ids when it shares the large model's
-    vocabulary, text otherwise); True forces text re-tokenization. `full_rescore` re-feeds the whole response
-    every chunk instead (the reference implementation's cost; for benchmarks only). `stats` is filled with
-    counters (chunks, large steps, small tokens fed, seconds). `overlap` (`--parallel-models`): the two small
-    models score each chunk on two threads (targets are tokenized first, here); the results are the same.
+    `chunk_len` None means ∞ (no selection before the end; the small models score every `score_every` tokens).
+    `sampling` defaults to `search_sampling()`; `seed` overrides its seed. `text_level`: None picks per small
+    model (ids when it shares the large model's vocabulary, text otherwise); True forces text re-tokenization.
+    `continuous`: a finished prompt's place goes to the next one at the next chunk boundary (False: fixed groups
+    of `batch_size`; the results are the same). `full_rescore` re-feeds the whole response every chunk instead
+    (the reference implementation's cost; for benchmarks only). `stats` is filled with counters (chunks, large
+    steps, small tokens fed, admissions, occupancy, seconds). `overlap` (`--parallel-models`): the two small
+    models score each chunk on two threads; the results are the same. `stop_ids` replaces the union of the EOS /
+    end-of-turn ids of the models that share the large model's vocabulary. `on_batch(k)`: k more prompts done.
     """
     sampling = sampling or search_sampling()
     if seed is not None:
         sampling = SamplingConfig(**{**vars(sampling), "seed": seed})
     sampling.validate()
-    for name, value in (("beam_width", beam_width), ("successors", successors), ("batch_size", batch_size)):
+    checks = (("beam_width", beam_width), ("successors", successors), ("batch_size", batch_size))
+    for name, value in (*checks, ("score_every", score_every)):
         if value < 1:
             raise ModelopsError(f"{name} must be >= 1, got {value}")
     if chunk_len is not None and chunk_len < 1:
@@ -130,25 +118,21 @@ def chunk_beam_search(
         logger.warning("search with temperature 0 samples identical candidates; use --temperature 0.7 --top-k 50")
     shared = tuple(shares_vocabulary(large.tokenizer, m.tokenizer) for m in (base, expert))
     text = (not shared[0] or bool(text_level), not shared[1] or bool(text_level))
-    members = [large] + [m for m, same in zip((base, expert), shared, strict=True) if same]
-    stop_ids = stop_token_ids([m.tokenizer for m in members], [m.model for m in members])
+    if stop_ids is None:
+        members = [large] + [m for m, same in zip((base, expert), shared, strict=True) if same]
+        stop_ids = stop_token_ids([m.tokenizer for m in members], [m.model for m in members])
     stopper = StopChecker(stop_ids, sampling.stop, large.tokenizer, sampling.max_new_tokens)
     setup = _Setup(
         large, base, expert, text, stopper, sampling, beam_width, successors,
-        chunk_len or sampling.max_new_tokens, keep_candidates, full_rescore,
-        stats if stats is not None else {}, overlap,
+        chunk_len or min(score_every, sampling.max_new_tokens), chunk_len is not None, keep_candidates,
+        full_rescore, stats if stats is not None else {}, overlap,
     )  # fmt: skip
-    for key in ("chunks", "large_steps", "rows_sampled", "small_tokens_fed", "seconds"):
+    for key in ("chunks", "large_steps", "rows_sampled", "small_tokens_fed", "admissions", "seconds"):
         setup.stats.setdefault(key, 0)
     setup.stats["base_input"], setup.stats["expert_input"] = ("text" if t else "ids" for t in text)
     start = time.perf_counter()
-    results: list[SearchResult] = []
-    for lo in range(0, len(prompts), batch_size):
-        batch = list(prompts[lo : lo + batch_size])
-        seeds = [None if sampling.seed is None else sampling.seed + lo + i for i in range(len(batch))]
-        results += _search_batch(setup, batch, seeds)
-        if on_batch:
-            on_batch(len(batch))
+    seeds = [None if sampling.seed is None else sampling.seed + i for i in range(len(prompts))]
+    results = _search(setup, list(prompts), seeds, batch_size, continuous, on_batch)
     setup.stats["seconds"] += time.perf_counter() - start
     return results
 
@@ -176,41 +160,99 @@ def _sample(logits: torch.Tensor, prompt_of_row: list[int], sampling: SamplingCo
     return out
 
 
-def _search_batch(setup: _Setup, batch: list[str], seeds: list[int | None]) -> list[SearchResult]:
-    large, stats = setup.large, setup.stats
-    tok = large.tokenizer
-    width = len(tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    runner = Runner(large.model, "large")
-    prompt_ids = [large.render(p) for p in batch]
-    logits = align(runner.prefill(*left_pad(prompt_ids, int(pad))), width, float("-inf"))  # (P, V)
-    sides = [
-        SmallSide(m, t, setup.full_rescore) for m, t in zip((setup.base, setup.expert), setup.text_level, strict=True)
-    ]
-    for side in sides:  # in turn: rendering the prompts tokenizes, and the two may share a tokenizer object
-        side.prefill(batch)
-    any_text = any(setup.text_level)
-    rows = [p for p in range(len(batch)) for _ in range(setup.beam_width * setup.successors)]
-    runner.select(torch.tensor(rows))
-    logits = logits[torch.tensor(rows, device=logits.device)]
-    for side in sides:
-        side.select(rows)
-    beams = [_Beam(p, RowOutput(), Detok.start(prompt_ids[p]) if any_text else None) for p in rows]
-    gens = [make_generator(s, runner.device) for s in seeds]
-    pools: list[list[_Beam]] = [[] for _ in batch]
-    while beams:
+class _Batch:
+    """The rows being searched: beams in every model's batch order, the large model's next-token logits, and the
+    small sides. Rows of one prompt stay contiguous (`_sample` relies on it)."""
+
+    def __init__(self, setup: _Setup, prompts: list[str]) -> None:
+        self.setup, self.prompts = setup, prompts
+        tok = setup.large.tokenizer
+        self.width = len(tok)
+        self.pad = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+        self.runner = Runner(setup.large.model, "large")
+        self.sides = [
+            SmallSide(m, t, setup.full_rescore)
+            for m, t in zip((setup.base, setup.expert), setup.text_level, strict=True)
+        ]
+        self.beams: list[Beam] = []
+        self.logits: torch.Tensor | None = None  # (rows, V)
+
+    @property
+    def runners(self) -> list[Runner]:
+        return [self.runner] + [side.runner for side in self.sides]
+
+    def live_prompts(self) -> int:
+        return len({b.prompt for b in self.beams})
+
+    def admit(self, new: list[int]) -> None:
+        """Prefill prompts `new` on their own and append W·K rows of each after the live rows, in every model."""
+        setup, texts = self.setup, [self.prompts[p] for p in new]
+        ids = [setup.large.render(t) for t in texts]
+        fresh = align(self.runner.admit(*left_pad(ids, self.pad)), self.width, float("-inf"))
+        for side in self.sides:  # in turn: rendering the prompts tokenizes, and the two may share a tokenizer object
+            side.admit(texts)
+        per_prompt, n_old = setup.beam_width * setup.successors, len(self.beams)
+        rows = list(range(n_old)) + [n_old + j for j in range(len(new)) for _ in range(per_prompt)]
+        self.logits = fresh if self.logits is None or not n_old else torch.cat([self.logits, fresh])
+        self.reorder(rows, rows)
+        detok = any(setup.text_level)
+        self.beams += [
+            Beam(p, RowOutput(), Detok.start(ids[j]) if detok else None)
+            for j, p in enumerate(new)
+            for _ in range(per_prompt)
+        ]
+
+    def reorder(self, large_rows: list[int], small_rows: list[int]) -> None:
+        """Keep, drop or repeat rows: `large_rows` index the large model's live batch, `small_rows` the sides'."""
+        if not large_rows:  # every prompt of the batch is done: start from empty caches
+            for runner in self.runners:
+                runner.reset()
+            for side in self.sides:
+                side.reset()
+            self.logits = None
+            return
+        assert self.logits is not None
+        self.runner.select(torch.tensor(large_rows))
+        self.logits = self.logits[torch.tensor(large_rows, device=self.logits.device)]
+        for side in self.sides:
+            side.select(small_rows)
+
+
+def _search(
+    setup: _Setup,
+    prompts: list[str],
+    seeds: list[int | None],
+    batch_size: int,
+    refill: bool,
+    on_done: Callable[[int], None] | None,
+) -> list[SearchResult]:
+    stats, tok = setup.stats, setup.large.tokenizer
+    batch = _Batch(setup, prompts)
+    gens = [make_generator(s, batch.runner.device) for s in seeds]
+    pools: list[list[Beam]] = [[] for _ in prompts]
+    queue = list(range(len(prompts) - 1, -1, -1))  # popped from the end: prompt order
+    row_steps = steps = 0
+    while True:
+        new = take_waiting(queue, batch.live_prompts(), batch_size, refill, batch.runners)
+        if new:
+            stats["admissions"] += bool(batch.beams)
+            batch.admit(new)
+        if not batch.beams:
+            break
+        beams, runner = batch.beams, batch.runner
         # 1. the large model samples up to L tokens per row; finished rows leave its batch at once
-        n = min(setup.chunk_len, setup.sampling.max_new_tokens - len(beams[0].out.token_ids))
         live = list(range(len(beams)))  # beams still in the large model's batch
-        new: list[list[int]] = [[] for _ in beams]
-        for _ in range(n):
-            tokens = _sample(logits, [beams[i].prompt for i in live], setup.sampling, gens)
+        new_ids: list[list[int]] = [[] for _ in beams]
+        for _ in range(setup.chunk_len):
+            assert batch.logits is not None
+            tokens = _sample(batch.logits, [beams[i].prompt for i in live], setup.sampling, gens)
             stats["rows_sampled"] += len(live)
+            steps, row_steps = steps + 1, row_steps + len(live)
             keep = []
             for j, (i, t) in enumerate(zip(live, tokens.tolist(), strict=True)):
                 beams[i].out.token_ids.append(t)
-                new[i].append(t)
-                beams[i].done = setup.stopper.check(beams[i].out)
+                new_ids[i].append(t)
+                beams[i].done = setup.stopper.check(beams[i].out)  # max_new_tokens included
                 if not beams[i].done:
                     keep.append(j)
             if len(keep) < len(live):
@@ -220,77 +262,44 @@ def _search_batch(setup: _Setup, batch: list[str], seeds: list[int | None]) -> l
                 idx = torch.tensor(keep)
                 runner.select(idx)
                 tokens = tokens[idx.to(tokens.device)]
-            logits = align(runner.step(tokens), width, float("-inf"))
+            batch.logits = align(runner.step(tokens), batch.width, float("-inf"))
             stats["large_steps"] += 1
         # 2. the small models score only this chunk (text-level ones from the newly stable text)
-        if any_text:
-            for i, b in enumerate(beams):
-                assert b.detok is not None
-                b.detok, piece = detok_push(tok, b.detok, new[i], final=b.done)
-                b.text += piece
-        eos = [b.done and b.out.finish_reason == "eos" for b in beams]
-        targets = [[side.target(i, new[i], b.text, eos[i]) for i, b in enumerate(beams)] for side in sides]
-        calls = [partial(_score, side, ts) for side, ts in zip(sides, targets, strict=True)]
-        base_lp, expert_lp = run_all(calls, setup.overlap)
-        for i, b in enumerate(beams):
-            b.score = expert_lp[i] - base_lp[i]
+        _score_chunk(setup, batch, new_ids)
         stats["chunks"] += 1
         # 3. per prompt: top W of (finished pool + live rows); live winners get K successors each
-        beams, large_rows, small_rows = _select(setup, beams, pools, {i: j for j, i in enumerate(live)})
-        if beams:
-            runner.select(torch.tensor(large_rows))
-            logits = logits[torch.tensor(large_rows, device=logits.device)]
-            for side in sides:
-                side.select(small_rows)
-    stats["small_tokens_fed"] += sum(side.tokens_fed for side in sides)
-    return [_result(tok, pool, setup.keep_candidates) for pool in pools]
+        before = batch.live_prompts()
+        batch.beams, large_rows, small_rows = select_next(
+            beams, pools, {i: j for j, i in enumerate(live)}, setup.beam_width, setup.successors, setup.forks
+        )
+        batch.reorder(large_rows, small_rows)
+        if on_done and before > batch.live_prompts():
+            on_done(before - batch.live_prompts())
+    stats["small_tokens_fed"] += sum(side.tokens_fed for side in batch.sides)
+    stats["occupancy"] = row_steps / max(1, steps * batch_size * setup.beam_width * setup.successors)
+    return [best_result(tok, pool, setup.keep_candidates) for pool in pools]
+
+
+def _score_chunk(setup: _Setup, batch: _Batch, new_ids: list[list[int]]) -> None:
+    """Every row's cumulative score after this chunk, from the two small models' incremental forwards."""
+    tok = setup.large.tokenizer
+    if any(setup.text_level):
+        for i, b in enumerate(batch.beams):
+            assert b.detok is not None
+            b.detok, piece = detok_push(tok, b.detok, new_ids[i], final=b.done)
+            b.text += piece
+    eos = [b.done and b.out.finish_reason == "eos" for b in batch.beams]
+    targets = [[side.target(i, new_ids[i], b.text, eos[i]) for i, b in enumerate(batch.beams)] for side in batch.sides]
+    calls = [partial(_score, side, ts) for side, ts in zip(batch.sides, targets, strict=True)]
+    base_lp, expert_lp = run_all(calls, setup.overlap)
+    for i, b in enumerate(batch.beams):
+        b.score = expert_lp[i] - base_lp[i]
 
 
 def _score(side: SmallSide, targets: list[list[int]]) -> list[float]:
     """Bring the side's rows to `targets` and return their cumulative scores (one small model's half of a chunk)."""
     side.advance(targets)
     return side.logprobs()
-
-
-def _select(
-    setup: _Setup, beams: list[_Beam], pools: list[list[_Beam]], large_pos: dict[int, int]
-) -> tuple[list[_Beam], list[int], list[int]]:
-    """The next generation of rows, and where each comes from in the large and small batches."""
-    by_prompt: dict[int, list[int]] = {}
-    for i, b in enumerate(beams):
-        by_prompt.setdefault(b.prompt, []).append(i)
-    nxt: list[_Beam] = []
-    large_rows: list[int] = []
-    small_rows: list[int] = []
-    for p, group in by_prompt.items():
-        pools[p] += [beams[i] for i in group if beams[i].done]
-        cands = [(b.score, -1) for b in pools[p]] + [(beams[i].score, i) for i in group if not beams[i].done]
-        order = sorted(range(len(cands)), key=lambda c: -cands[c][0])  # stable: pool first on ties
-        for c in order[: setup.beam_width]:
-            i = cands[c][1]
-            if i < 0:
-                continue
-            for _ in range(setup.successors):
-                nxt.append(beams[i].fork())
-                large_rows.append(large_pos[i])
-                small_rows.append(i)
-    return nxt, large_rows, small_rows
-
-
-def _result(tokenizer: Any, pool: list[_Beam], keep_candidates: bool) -> SearchResult:
-    def one(b: _Beam) -> SearchResult:
-        out = b.out
-        ids = out.token_ids[:-1] if out.finish_reason == "eos" else out.token_ids
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if out.finish_reason == "stop" and out.stop_text and out.stop_text in text:
-            text = text[: text.find(out.stop_text)]
-        return SearchResult(text, list(out.token_ids), b.score, out.finish_reason, len(out.token_ids), out.stop_text)
-
-    best = max(range(len(pool)), key=lambda i: pool[i].score)  # first of equals
-    result = one(pool[best])
-    if keep_candidates:
-        result.candidates = [one(b) for b in pool]
-    return result
 
 
 def run_search(
@@ -301,6 +310,7 @@ def run_search(
     ids: Sequence[Any] | None = None,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    continuous: bool = True,
 ) -> tuple[list[Any], dict[str, Any]]:
     """`--rule cbs|bon` for a CoDecoder whose members are [large, small base, expert]: Generations + stats.
 
@@ -319,7 +329,7 @@ def run_search(
     stats: dict[str, Any] = {}
     results = chunk_beam_search(
         large, base, expert, prompts, sampling=sampling, batch_size=batch_size, stats=stats,
-        on_batch=on_batch, overlap=decoder.overlap, **shape,
+        on_batch=on_batch, overlap=decoder.overlap, continuous=continuous, **shape,
     )  # fmt: skip
     gens = [
         Generation(

@@ -117,14 +117,19 @@ class SmallSide:
         self.last: torch.Tensor | None = None  # (B, V) log-probs of the next token per row
         self.tokens_fed = 0
 
-    def prefill(self, prompts: list[str]) -> None:
+    def admit(self, prompts: list[str]) -> None:
+        """Prefill new prompts on their own and append their rows after the live ones (the first call, or the
+        first after `reset`, starts the batch)."""
         ids = [self.member.render(p) for p in prompts]
-        logits = self.runner.prefill(*left_pad(ids, self.pad_id))
-        self.last = self._logp(logits)
-        self.streams = []
+        logp = self._logp(self.runner.admit(*left_pad(ids, self.pad_id)))
+        self.last = logp if self.last is None or not self.streams else torch.cat([self.last, logp])
         for p, row in zip(prompts, ids, strict=True):
             text, special = self.member.render_text(p)
             self.streams.append(Stream(list(row), [None] * len(row), len(row), list(row), text, special))
+
+    def reset(self) -> None:
+        self.runner.reset()
+        self.streams, self.last = [], None
 
     def select(self, rows: list[int]) -> None:
         assert self.last is not None
