@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from modelops.decode import rules
-from modelops.decode.sampling import ARGMAX_CHUNK, SamplingConfig, first_argmax, warp
+from modelops.decode.sampling import ARGMAX_CHUNK, SamplingConfig, first_argmax, sample_rows, warp
 from modelops.decode.vocab import aligned_components
 
 V = 50
@@ -125,3 +126,43 @@ def test_first_argmax_is_the_first_maximum_of_every_row():
     assert first_argmax(y).flatten().tolist() == [first_max_index(r) for r in y.reshape(6, -1).tolist()]
     ints = torch.randint(0, 5, (3, 5 * c), generator=torch.Generator().manual_seed(2))
     assert first_argmax(ints).tolist() == [first_max_index(r) for r in ints.tolist()]
+
+
+def sparse_and_dense_rows(width: int) -> torch.Tensor:
+    """Weights over `width` columns (300: blocks of 128, 128 and a short one of 44): a few columns on either side
+    of block edges, and a dense random row."""
+    w = torch.zeros(2, width)
+    cols = [0, 127, 128, 255, 256, width - 1]
+    w[0, cols] = torch.arange(1.0, 7.0)
+    w[1] = torch.rand(width, generator=torch.Generator().manual_seed(4)) + 0.5
+    return w
+
+
+@pytest.mark.parametrize("width", [6, 300])
+def test_sample_rows_draws_each_column_with_its_share_of_the_row(width):
+    weights = torch.tensor(
+        [
+            [0.1, 0.0, 0.3, 0.2, 0.0, 0.4],  # zeros between positive weights
+            [5.0, 1.0, 0.0, 0.0, 2.0, 2.0],  # not normalised
+            [0.0, 0.0, 0.0, 0.0, 0.0, 1e-30],  # all the mass on the last column, and tiny
+            [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # all on the first
+        ]
+    )
+    if width != 6:
+        weights = sparse_and_dense_rows(width)
+    n = 20000
+    draws = sample_rows(weights.repeat_interleave(n, 0), torch.Generator().manual_seed(3)).view(len(weights), n)
+    for row, w in zip(draws, weights, strict=True):
+        counts = torch.bincount(row, minlength=width).double()
+        expected = (w.double() / w.double().sum()) * n
+        assert (counts[expected == 0] == 0).all()  # a zero-weight column is never drawn
+        positive = expected > 0
+        if int(positive.sum()) > 1:  # Pearson's chi-square against w / sum(w)
+            chi2 = float((((counts - expected) ** 2)[positive] / expected[positive]).sum())
+            dof = torch.tensor((int(positive.sum()) - 1) / 2, dtype=torch.float64)
+            assert float(torch.special.gammaincc(dof, torch.tensor(chi2 / 2, dtype=torch.float64))) > 1e-3
+    again = sample_rows(weights.repeat_interleave(n, 0), torch.Generator().manual_seed(3)).view(len(weights), n)
+    assert torch.equal(draws, again)  # seeded: reproducible
+    for bad in (torch.zeros(1, 6), torch.tensor([[0.5, float("nan"), 0.5]])):
+        with pytest.raises(ValueError, match="not finite"):
+            sample_rows(bad)

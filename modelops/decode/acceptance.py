@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from modelops.decode.sampling import first_argmax
+from modelops.decode.sampling import first_argmax, sample_rows
 
 
 def greedy_prefix(target: torch.Tensor, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +64,7 @@ def sampled_next(
     b, k, v = q.shape
     if k == 0:
         assert bonus is not None
-        return torch.multinomial(bonus, 1, generator=generator)[:, 0]
+        return sample_rows(bonus, generator)
     idx = n.clamp(max=k - 1)[:, None, None].expand(b, 1, v)
     p_n, q_n = p.gather(1, idx)[:, 0], q.gather(1, idx)[:, 0]  # (B, V)
     residual = (p_n - q_n).clamp_(min=0.0)
@@ -72,7 +72,7 @@ def sampled_next(
     residual = torch.where(empty, p_n, residual)
     if bonus is not None:
         residual = torch.where((n == k)[:, None], bonus, residual)  # q ≡ 0 at the bonus position: residual = p
-    return torch.multinomial(residual, 1, generator=generator)[:, 0]
+    return sample_rows(residual, generator)
 
 
 def accept_sampled(

@@ -35,7 +35,7 @@ from modelops.decode.loops import RowOutput, StopChecker, left_pad, take_waiting
 from modelops.decode.models import Member
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
-from modelops.decode.sampling import SamplingConfig, first_argmax, make_generator, warp
+from modelops.decode.sampling import SamplingConfig, first_argmax, make_generator, sample_rows, warp
 from modelops.decode.textsync import Detok, SmallSide, detok_push, shares_vocabulary
 from modelops.decode.vocab import align, stop_token_ids
 from modelops.errors import ModelopsError
@@ -155,7 +155,7 @@ def _sample(logits: torch.Tensor, prompt_of_row: list[int], sampling: SamplingCo
         hi = lo
         while hi < len(prompt_of_row) and prompt_of_row[hi] == prompt_of_row[lo]:
             hi += 1
-        out[lo:hi] = torch.multinomial(probs[lo:hi], 1, generator=gens[prompt_of_row[lo]])[:, 0]
+        out[lo:hi] = sample_rows(probs[lo:hi], gens[prompt_of_row[lo]])
         lo = hi
     return out
 

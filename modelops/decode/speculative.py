@@ -35,7 +35,7 @@ from modelops.decode.acceptance import greedy_next, greedy_prefix, sampled_next,
 from modelops.decode.loops import RowOutput, StopChecker, admit_all, take_waiting
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.runner import Runner
-from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, warp
+from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, sample_rows, warp
 from modelops.decode.spec import check_schedule
 from modelops.decode.vocab import align
 from modelops.errors import ModelopsError
@@ -150,7 +150,7 @@ class SpeculativeBatch:
                 x = first_argmax(q_logits)
             else:
                 q = warp(q_logits, self.sampling).softmax(-1)
-                x = torch.multinomial(q, 1, generator=self.generator)[:, 0]
+                x = sample_rows(q, self.generator)
                 q_probs.append(q)
             drafts.append(x)
         b = x.shape[0]
