@@ -8,7 +8,7 @@ from decode_fixtures import hf_greedy, load, prompts
 from transformers.cache_utils import DynamicLayer
 
 from modelops.decode import CoDecoder, FusionRule, SamplingConfig
-from modelops.decode.kvcache import GrowingLayer, append_rows
+from modelops.decode.kvcache import GrowingLayer, append_rows, drop_leading_slots
 from modelops.decode.loops import StopChecker, left_pad, lockstep_generate
 from modelops.decode.runner import Runner
 
@@ -34,6 +34,44 @@ def test_append_rows_left_pads_both_sides_to_the_longer_length():
             assert torch.equal(got[2:], n)
         a.update(*(torch.ones(5, 2, 1, 4),) * 2)  # and it goes on appending
         assert a.keys.shape[-2] == 8 and torch.equal(a.keys[:, :, -1], torch.ones(5, 2, 4))
+
+
+def test_drop_leading_slots_keeps_the_rest_and_appending_goes_on():
+    g = torch.Generator().manual_seed(1)
+    states = [torch.randn(2, 2, 7, 4, generator=g) for _ in range(2)]
+    for kind in (GrowingLayer, DynamicLayer):
+        layer = kind()
+        layer.update(*states)
+        drop_leading_slots(type("C", (), {"layers": [layer]})(), 3)
+        assert torch.equal(layer.keys, states[0][:, :, 3:]) and torch.equal(layer.values, states[1][:, :, 3:])
+        layer.update(*(torch.ones(2, 2, 1, 4),) * 2)
+        assert layer.keys.shape[-2] == 5 and torch.equal(layer.keys[:, :, :4], states[0][:, :, 3:])
+
+
+def test_a_long_continuous_run_keeps_its_cache_short_and_decodes_like_transformers(decode_family):
+    """Rows that join are left-padded to the running batch's length; once the rows that set it have left, that
+    padding is cropped, so the cache stays near the longest live row instead of growing for the whole run."""
+    widest = {"slots": 0}
+
+    class Watched(Runner):
+        def step(self, tokens: torch.Tensor) -> torch.Tensor:
+            assert self.mask is not None
+            widest["slots"] = max(widest["slots"], self.mask.shape[1])
+            return super().step(tokens)
+
+    texts, max_new = prompts(24, seed=8), 24
+    dec = fam_decoder(decode_family, FusionRule("eft", weights=[0.0]))
+    stops = {2, *range(5, 96, 7)}  # rows end after a few tokens, at different steps
+    full = [hf_greedy(decode_family["large"], [t], max_new)[0] for t in texts]
+    expected = [next((row[: i + 1] for i, t in enumerate(row) if t in stops), row) for row in full]
+    runners = [Watched(r.model, r.name) for r in dec.runners()]
+    stats: dict = {}
+    outs = lockstep_generate(runners, dec.fuse, dec._prompt_ids(texts), SamplingConfig(max_new_tokens=max_new),
+                             StopChecker(stops, [], dec.tokenizer, max_new), dec.pad_id, rows=2, stats=stats)  # fmt: skip
+    assert [o.token_ids for o in outs] == expected
+    assert stats["admissions"] >= 8 and stats["steps"] > 3 * max_new  # a run far longer than any row
+    longest_row = max(len(p) for p in dec._prompt_ids(texts)[0]) + max_new
+    assert widest["slots"] <= longest_row * 4 // 3 + 1
 
 
 @pytest.mark.parametrize("longer", ["new rows", "running rows"])

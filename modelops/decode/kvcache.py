@@ -120,6 +120,23 @@ def reorder_slots(cache: Any, index: torch.Tensor) -> None:
             layer.keys, layer.values = keys, values
 
 
+def drop_leading_slots(cache: Any, n: int) -> None:
+    """Forget the first `n` slots of every row, in every layer (slots no row attends: the left padding that rows
+    which have left the batch made others carry)."""
+    for layer in getattr(cache, "layers", []):
+        if not getattr(layer, "is_initialized", False) or n <= 0:
+            continue
+        if not _plain(layer):
+            raise TypeError(f"cannot drop slots of a {type(layer).__name__} cache layer")
+        keys, values = layer.keys[..., n:, :].clone(), layer.values[..., n:, :].clone()
+        if isinstance(layer, GrowingLayer):
+            layer._keys[..., : keys.shape[-2], :] = keys
+            layer._values[..., : values.shape[-2], :] = values
+            layer._set_length(keys.shape[-2])
+        else:
+            layer.keys, layer.values = keys, values
+
+
 def can_append_rows(cache: Any) -> bool:
     """Whether `append_rows` can take this cache: every layer a plain key/value one."""
     layers = getattr(cache, "layers", None)

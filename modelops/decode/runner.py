@@ -143,6 +143,22 @@ class Runner:
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
+        self._drop_unattended_lead()
+
+    def _drop_unattended_lead(self) -> None:
+        """Crop the leading slots no row attends once they are a quarter of the cache: rows that joined a running
+        batch were left-padded to its length, and without this the cache of a continuous batch would only grow.
+        Positions are per row and unchanged; relative slot distances (a sliding window's) too."""
+        from modelops.decode.kvcache import can_append_rows, drop_leading_slots
+
+        assert self.mask is not None
+        attended = self.mask.any(dim=0)
+        lead = int(attended.int().argmax()) if bool(attended.any()) else 0
+        if lead == 0 or 4 * lead < self.mask.shape[1] or not can_append_rows(self.cache):
+            return
+        drop_leading_slots(self.cache, lead)
+        self.mask = self.mask[:, lead:]
+        self.dense = bool(self.mask.all())
 
     def rollback(self, n: torch.Tensor | list[int] | int) -> None:
         """Forget the last n[row] attended tokens of each row (n may differ per row; earlier holes don't count).
