@@ -193,7 +193,7 @@ class _Batch:
             side.admit(texts)
         per_prompt, n_old = setup.beam_width * setup.successors, len(self.beams)
         rows = list(range(n_old)) + [n_old + j for j in range(len(new)) for _ in range(per_prompt)]
-        self.logits = fresh if self.logits is None or not n_old else torch.cat([self.logits, fresh])
+        self.logits = torch.cat([self.logits, fresh]) if n_old and self.logits is not None else fresh
         self.reorder(rows, rows)
         detok = any(setup.text_level)
         self.beams += [
@@ -205,9 +205,8 @@ class _Batch:
     def reorder(self, large_rows: list[int], small_rows: list[int]) -> None:
         """Keep, drop or repeat rows: `large_rows` index the large model's live batch, `small_rows` the sides'."""
         if not large_rows:  # every prompt of the batch is done: start from empty caches
-            for runner in self.runners:
-                runner.reset()
-            for side in self.sides:
+            self.runner.reset()
+            for side in self.sides:  # its runner too
                 side.reset()
             self.logits = None
             return
