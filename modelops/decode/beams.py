@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelops.decode.loops import RowOutput
+from modelops.decode.loops import RowOutput, response_text
 from modelops.decode.textsync import Detok
 
 
@@ -80,10 +80,7 @@ def best_result(tokenizer: Any, pool: list[Beam], keep_candidates: bool) -> Sear
 
     def one(b: Beam) -> SearchResult:
         out = b.out
-        ids = out.token_ids[:-1] if out.finish_reason == "eos" else out.token_ids
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if out.finish_reason == "stop" and out.stop_text and out.stop_text in text:
-            text = text[: text.find(out.stop_text)]
+        text = response_text(tokenizer, out)
         return SearchResult(text, list(out.token_ids), b.score, out.finish_reason, len(out.token_ids), out.stop_text)
 
     best = max(range(len(pool)), key=lambda i: pool[i].score)  # first of equals

@@ -11,7 +11,7 @@ import torch
 
 from modelops.decode import rules
 from modelops.decode.dlf import DlfSearch, dlf_candidates
-from modelops.decode.loops import RowOutput, StopChecker, continuation_logprobs, lockstep_generate
+from modelops.decode.loops import RowOutput, StopChecker, continuation_logprobs, lockstep_generate, response_text
 from modelops.decode.models import Member, load_causal_lm
 from modelops.decode.overlap import Overlap
 from modelops.decode.runner import Runner
@@ -255,13 +255,9 @@ class CoDecoder:
         return out
 
     def _to_generation(self, row_id: Any, out: RowOutput) -> Generation:
-        ids = out.token_ids[:-1] if out.finish_reason == "eos" else out.token_ids
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if out.finish_reason == "stop" and out.stop_text:
-            text = text[: text.find(out.stop_text)] if out.stop_text in text else text
         return Generation(
             id=row_id,
-            text=text,
+            text=response_text(self.tokenizer, out),
             num_tokens=len(out.token_ids),
             finish_reason=out.finish_reason,
             weights=out.weights or None,

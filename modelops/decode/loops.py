@@ -31,6 +31,15 @@ class RowOutput:
     score: float | None = None
 
 
+def response_text(tokenizer: Any, out: RowOutput) -> str:
+    """A row's text: its ids decoded without the stop token, cut before the stop string that ended it."""
+    ids = out.token_ids[:-1] if out.finish_reason == "eos" else out.token_ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if out.finish_reason == "stop" and out.stop_text and out.stop_text in text:
+        text = text[: text.find(out.stop_text)]
+    return text
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), both (B, T), padded on the left so every row's last token is at the end."""
     width = max(len(s) for s in seqs)
