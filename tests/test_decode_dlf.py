@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modelops.decode import native
-from modelops.decode.dlf import DlfSearch, dlf_candidates, dlf_weights
+from modelops.decode.dlf import DlfSearch, dlf_candidates, dlf_weights, first_near_minimum
 
 UNIFORM = [round(0.1 * i, 1) for i in range(21)]
 RAGGED = [-1.0, -0.6, -0.3, 0.0, 0.2, 0.5, 0.9, 1.4, 2.0, 3.0]
@@ -97,13 +97,33 @@ def test_picks_alpha_one_when_large_equals_small_base(use_native):
     assert objective.min(-1).values.max().item() < 1e-6
 
 
-def test_picks_zero_when_the_experts_are_the_small_base_and_ties_go_to_the_smallest_alpha(use_native):
-    zl, zb = randn(0, 4, 50, 3.0), randn(1, 4, 50, 3.0)
+@pytest.mark.parametrize("vocab, scale", [(50, 3.0), (50, 10.0), (4000, 10.0)])
+def test_picks_zero_when_the_experts_are_the_small_base_and_ties_go_to_the_smallest_alpha(vocab, scale, use_native):
+    # every candidate ties exactly; the computed objectives differ only by rounding (α = 0.1 won on an AMD EPYC)
+    zl, zb = randn(0, 16, vocab, scale), randn(1, 16, vocab, scale)
     weights, objective = dlf_weights(
         zl, zb, [zb.clone(), zb.clone()], dlf_candidates(UNIFORM, 2), use_native=use_native
     )
-    assert torch.equal(weights, torch.zeros(4, 2))
+    assert torch.equal(weights, torch.zeros(16, 2))
     assert objective[:, 0].abs().max().item() < 1e-9
+
+
+def test_first_near_minimum_treats_rounding_as_a_tie():
+    inf, nan = float("inf"), float("nan")
+    objective = torch.tensor(
+        [
+            [3e-14, 1e-14, inf, 2e-14],  # all within 1e-10 of the minimum: the first
+            [1.0, 1.0 - 2e-6, 1.0 - 5e-7, inf],  # 1e-6 relative: the second is a real minimum, the third ties it
+            [inf, 0.5, 0.2, 0.2],  # the first of equal minima
+            [0.3, nan, 0.1, nan],  # a NaN counts as the minimum, as in argmin
+            [inf, inf, inf, inf],
+        ],
+        dtype=torch.float64,
+    )
+    assert first_near_minimum(objective).tolist() == [0, 1, 2, 1, 0]
+    lib = native.library()  # the kernel's own copy of the rule
+    assert lib is not None
+    assert [lib.dlf_first_near_min(row.contiguous().data_ptr(), 4) for row in objective] == [0, 1, 2, 1, 0]
 
 
 def test_bounds_restrict_each_expert(use_native):

@@ -32,6 +32,9 @@ CHUNK_ELEMS = 1 << 24  # at most this many floats in the buffers kept between ca
 TINY = 1e-30  # a tilted row sum below this has lost its terms to underflow
 SAFE_TOP = 40.0  # larger logits are shifted before the tilts are exponentiated
 TINY_NORM = 1e-20  # Σ e^{z} below this: the unshifted exponentials lost the row's mass to underflow
+# objectives this close to a row's minimum tie (the smallest α wins): float32 sums round exact ties apart (up to
+# 3e-12 on 152k-wide rows, and by how a BLAS rounds identical rows). Equal to TIE_* in dlf_kernel.c.
+TIE_RTOL, TIE_ATOL = 1e-6, 1e-10
 # moments passes tried in turn: unshifted; shifted by each row's max; shifted with non-finite deltas counted as 0
 ATTEMPTS = ((False, False), (True, False), (True, True))
 
@@ -39,7 +42,7 @@ ATTEMPTS = ((False, False), (True, False), (True, True))
 def dlf_candidates(grid: list[float], n_experts: int, bounds: list[tuple[float, float]] | None = None) -> torch.Tensor:
     """Candidate weight vectors (C, T): one expert active per candidate, ordered by α then expert.
 
-    The order makes `argmin`'s first-minimum rule pick the smallest α on ties. α = 0 appears once.
+    The order makes the first-minimum rule (`first_near_minimum`) pick the smallest α on ties. α = 0 appears once.
     """
     rows: list[list[float]] = []
     for alpha in sorted(set(float(a) for a in grid)):
@@ -163,7 +166,7 @@ class DlfSearch:
         if self.native and native.usable(comps):
             found = native.search(comps, self.plan, fuse)
             if found is not None:  # else NaN or +inf logits: the eager passes give their answer
-                objective, choice, fused = found  # choice: the first minimum = the smallest α on ties
+                objective, choice, fused = found  # choice: the first near-minimum = the smallest α on ties
                 return self.candidates[choice], objective.float(), fused
         return self._eager(comps, fuse)
 
@@ -198,7 +201,7 @@ class DlfSearch:
             objective[:, self.zero_column] = (stats.target_fwd**2 + stats.target_bwd**2).sum(-1)
         for direction in self.directions:
             _search_direction(large, values, stats, direction, objective, step, self.workspace)
-        weights = cand[objective.argmin(-1)]  # first minimum = smallest α on ties
+        weights = cand[first_near_minimum(objective)]  # smallest α on ties
         fused = None
         if fuse:
             # d_t is finite (cleaned), so a row whose weight is 0 gets exactly 0 added; a fresh output, not a copy
@@ -286,6 +289,14 @@ def _search_direction(
     unsure = torch.nonzero(~(below & above))[:, 0].tolist()
     if unsure:
         _widen(large, values, stats, direction, objective, unsure, lo, hi, pair, f, g)
+
+
+def first_near_minimum(objective: torch.Tensor) -> torch.Tensor:
+    """Per row, the first column within rounding (TIE_RTOL, TIE_ATOL) of the row's minimum; a row holding a NaN
+    gets its first NaN, as `argmin` gives. Candidates are ordered by α, so ties go to the smallest α."""
+    best = objective.min(-1, keepdim=True).values
+    near = objective <= best + TIE_RTOL * best.abs() + TIE_ATOL
+    return torch.where(best[:, 0].isnan(), objective.argmin(-1), near.int().argmax(-1))
 
 
 def _store(

@@ -254,13 +254,19 @@ static void search_direction(const Row* r, double var, const double* mags, const
     evaluate_indices(r, idx, count, mags, sign, cols, f_at, g_at, seen, objective);
 }
 
-/* The first minimum (torch's argmin: a NaN counts as the minimum, the first one wins). */
-static long first_argmin(const double* x, long n) {
+/* Candidates within TIE_RTOL·|min| + TIE_ATOL of a row's minimum tie, and the first wins (dlf.py's
+   first_near_minimum, whose constants these equal); a NaN counts as the minimum, the first one wins. */
+#define TIE_RTOL 1e-6
+#define TIE_ATOL 1e-10
+long dlf_first_near_min(const double* x, long n) { /* exported for the tests */
     long best = 0;
     for (long i = 0; i < n; i++) {
         if (isnan(x[i])) return i;
         if (x[i] < x[best]) best = i;
     }
+    double limit = x[best] + TIE_RTOL * fabs(x[best]) + TIE_ATOL;
+    for (long i = 0; i < best; i++)
+        if (x[i] <= limit) return i;
     return best;
 }
 
@@ -287,7 +293,7 @@ static void fuse_row(const float* const* z, int T, long V, const float* w, float
 /* The whole search. comps: K = 2 + T float rows (large, base, experts…) with row strides ld. Directions d:
    expert dir_expert[d], sign dir_sign[d], magnitudes mags[dir_start[d] .. dir_start[d + 1]) (ascending) at candidate
    columns cols[…]. objective (rows, C), +inf on entry, receives every evaluated candidate's objective; choice (rows)
-   the first minimum; fused (rows, V), unless NULL, z_L + cand[choice]·d with cand (C, T) the candidates' weights.
+   the first near-minimum; fused (rows, V), unless NULL, z_L + cand[choice]·d with cand (C, T) the candidates' weights.
    Returns 0, or 1 for a NaN/+inf logit or an all -inf row (the caller then uses its own passes), 2 if K is too large. */
 int dlf_search(const float* const* comps, const long* ld, int K, long rows, long V, int n_dirs, const int* dir_expert,
                const float* dir_sign, const int* dir_start, const double* mags, const int64_t* cols, int zero_col,
@@ -329,7 +335,7 @@ int dlf_search(const float* const* comps, const long* ld, int K, long rows, long
             search_direction(&r, var[t], mags + start, cols + start, dir_start[d + 1] - start, dir_sign[d], f_at, g_at,
                              seen, idx, obj);
         }
-        choice[b] = first_argmin(obj, C);
+        choice[b] = dlf_first_near_min(obj, C);
         if (fused) fuse_row(z, T, V, cand + choice[b] * T, fused + b * V);
     }
     return 0;

@@ -89,6 +89,8 @@ def library() -> ctypes.CDLL | None:
     lib.dlf_search.restype = ctypes.c_int
     lib.dlf_search.argtypes = [P, P, ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_int, P, P, P, P, P]
     lib.dlf_search.argtypes += [ctypes.c_int, ctypes.c_long, P, P, P, P]
+    lib.dlf_first_near_min.restype = ctypes.c_long
+    lib.dlf_first_near_min.argtypes = [P, ctypes.c_long]
     return lib
 
 
@@ -122,8 +124,8 @@ class NativePlan:
 def search(
     comps: list[torch.Tensor], plan: NativePlan, fuse: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """(objective (rows, C) float64, +inf where a certificate ruled the candidate out; each row's first minimum;
-    z_L + Σ_t w_t·(z_t − z_S−) with that row's weights if `fuse`, non-finite deltas counted as 0), or None for
+    """(objective (rows, C) float64, +inf where a certificate ruled the candidate out; each row's choice, the
+    first candidate within rounding of its minimum (dlf.first_near_minimum); z_L + Σ_t w_t·(z_t − z_S−) with that row's weights if `fuse`, non-finite deltas counted as 0), or None for
     logits the kernel leaves to the eager passes (NaN, +inf, or a row with no finite logit)."""
     lib = library()
     assert lib is not None
