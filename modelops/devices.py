@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from modelops.errors import ModelopsError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pick_device(name: str = "auto") -> str:
@@ -15,3 +20,18 @@ def pick_device(name: str = "auto") -> str:
     if name not in ("cpu", "mps") and not name.startswith("cuda"):
         raise ModelopsError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
     return name
+
+
+def input_device(model: Any) -> torch.device:
+    """Where a loaded model takes its input ids: its input embedding's device or, when accelerate offloaded that
+    embedding to the CPU or disk (its weight is then on `meta`), the device its hook computes on."""
+    import torch
+
+    embedding = model.get_input_embeddings()
+    weight = getattr(embedding, "weight", None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    device = getattr(getattr(embedding, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))

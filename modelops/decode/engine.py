@@ -17,6 +17,7 @@ from modelops.decode.overlap import Overlap
 from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, make_generator
 from modelops.decode.vocab import aligned_components, check_shared_vocabulary, stop_token_ids
+from modelops.devices import input_device
 from modelops.errors import ModelopsError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class CoDecoder:
             self.width = len(members[0].tokenizer)
         self.tokenizer = members[0].tokenizer
         self.stop_ids = stop_token_ids([m.tokenizer for m in members], [m.model for m in members])
-        self.device = next(members[0].model.parameters()).device
+        self.device = input_device(members[0].model)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
         # `parallel`: the small models step on a second thread beside the large one (same tokens, another core)

@@ -125,8 +125,9 @@ def search(
     comps: list[torch.Tensor], plan: NativePlan, fuse: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
     """(objective (rows, C) float64, +inf where a certificate ruled the candidate out; each row's choice, the
-    first candidate within rounding of its minimum (dlf.first_near_minimum); z_L + Σ_t w_t·(z_t − z_S−) with that row's weights if `fuse`, non-finite deltas counted as 0), or None for
-    logits the kernel leaves to the eager passes (NaN, +inf, or a row with no finite logit)."""
+    first candidate within rounding of its minimum (dlf.first_near_minimum); z_L + Σ_t w_t·(z_t − z_S−) with that
+    row's weights if `fuse`, non-finite deltas counted as 0), or None for logits the kernel leaves to the eager
+    passes (NaN, +inf, or a row with no finite logit)."""
     lib = library()
     assert lib is not None
     rows, width = comps[0].shape

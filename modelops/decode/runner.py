@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from modelops.devices import input_device
 from modelops.transformers_compat import cache_keyword
 
 
@@ -24,7 +25,7 @@ class Runner:
         # ids past this model's embedding (a token only the other models have) are fed as `fallback_id`
         self.input_rows = int(model.get_input_embeddings().num_embeddings)
         self.fallback_id = fallback_id
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.width = int(model.get_output_embeddings().weight.shape[0])
         self.cache_kw = cache_keyword(model)
         # a sliding window counts cache slots, so a rolled-back slot must not stay as a hole inside it
