@@ -48,9 +48,12 @@ def use_exact_svd(shape: tuple[int, int], q: int) -> bool:
 
 
 def top_singular(
-    delta: torch.Tensor, q: int, *, niter: int = DEFAULT_NITER, exact: bool | None = None
+    delta: torch.Tensor, q: int, *, niter: int = DEFAULT_NITER, exact: bool | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """The leading q singular triplets of a 2-D float32 matrix: (U (m×q), S (q,), V (n×q), method)."""
+    """The leading q singular triplets of a 2-D float32 matrix: (U (m×q), S (q,), V (n×q), method).
+
+    The randomised SVD draws its test matrix from a generator seeded with `seed` (torch's global one is left as it
+    was), so the same matrix always gives the same adapter, whatever ran before in the process."""
     if delta.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(delta.shape)}")
     k = min(delta.shape)
@@ -59,7 +62,9 @@ def top_singular(
     if exact if exact is not None else use_exact_svd(tuple(delta.shape), q):
         U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
         return U[:, :q], S[:q], Vh[:q].T, "exact"
-    U, S, V = torch.svd_lowrank(delta, q=q, niter=niter)
+    with torch.random.fork_rng(devices=[delta.device] if delta.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        U, S, V = torch.svd_lowrank(delta, q=q, niter=niter)
     return U, S, V, "randomized"
 
 
