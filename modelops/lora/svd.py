@@ -62,8 +62,12 @@ def top_singular(
     if exact if exact is not None else use_exact_svd(tuple(delta.shape), q):
         U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
         return U[:, :q], S[:q], Vh[:q].T, "exact"
-    with torch.random.fork_rng(devices=[delta.device] if delta.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    on_gpu = delta.device.type == "cuda"
+    with torch.random.fork_rng(devices=[delta.device] if on_gpu else []):  # only the generators seeded here
+        torch.random.default_generator.manual_seed(seed)
+        if on_gpu:
+            with torch.cuda.device(delta.device):
+                torch.cuda.manual_seed(seed)
         U, S, V = torch.svd_lowrank(delta, q=q, niter=niter)
     return U, S, V, "randomized"
 
