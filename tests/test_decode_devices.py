@@ -7,7 +7,7 @@ import json
 
 import torch
 from decode_fixtures import prompts
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from modelops.cli.main import app
@@ -15,7 +15,7 @@ from modelops.decode import CoDecoder, FusionRule, SamplingConfig
 from modelops.decode.models import Member, load_causal_lm
 from modelops.devices import input_device
 
-# the embedding and the first layer on disk (their weights are `meta` in the model), the rest on the CPU
+# the embedding, the first layer and the head on disk (their weights are `meta` in the model), the rest on the CPU
 EMBEDDING_ON_DISK = {
     "model.embed_tokens": "disk",
     "model.layers.0": "disk",
@@ -30,7 +30,7 @@ def offloaded_family(decode_family, tmp_path) -> list[Member]:
     large = AutoModelForCausalLM.from_pretrained(
         decode_family["large"], device_map=EMBEDDING_ON_DISK, offload_folder=str(tmp_path / "offload")
     ).eval()
-    members = [Member("large", "large", large, load_causal_lm(str(decode_family["large"]))[1])]
+    members = [Member("large", "large", large, AutoTokenizer.from_pretrained(decode_family["large"]))]
     for role, key in (("base", "base"), ("expert", "expert")):
         model, tok = load_causal_lm(str(decode_family[key]))
         members.append(Member(role, key, model, tok))
