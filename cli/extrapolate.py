@@ -103,7 +103,14 @@ def extrapolate(
         raise typer.BadParameter(f"{alpha!r} is not a number or 'auto'", param_hint="--alpha") from None
     out_dtype = normalize_dtype(dtype, "--dtype") or (base_recipe.dtype if base_recipe else None)
     the_recipe = expo_recipe(sft, dpo, alpha_value, dtype=out_dtype)
-    plan = build_plan(the_recipe, out=out, overwrite=overwrite, allow_pickle=allow_pickle, shard_size=shard_size)
+    plan = build_plan(
+        the_recipe,
+        out=out,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+        shard_size=shard_size,
+        headers_only=dry_run,
+    )
     if dry_run:
         typer.echo(plan.describe())
         return

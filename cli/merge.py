@@ -107,7 +107,14 @@ def merge(
     if "merge_method" not in data:
         raise typer.BadParameter("give --recipe or --method")
     the_recipe = recipe_from_dict(data, source=str(recipe) if recipe else "command line")
-    plan = build_plan(the_recipe, out=out, overwrite=overwrite, allow_pickle=allow_pickle, shard_size=shard_size)
+    plan = build_plan(
+        the_recipe,
+        out=out,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+        shard_size=shard_size,
+        headers_only=dry_run,
+    )
     if dry_run:
         typer.echo(plan.describe())
         return

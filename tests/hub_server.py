@@ -60,6 +60,7 @@ class HubState:
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests
         self.unknown: list[tuple[str, str]] = []  # requests no route matched
+        self.downloads: list[tuple[str, str | None]] = []  # (file, Range header or "HEAD") of every file request
         self.card_checks: list[dict[str, Any]] = []  # README metadata the client asked us to validate
 
     def put_blob(self, data: bytes) -> str:
@@ -400,7 +401,14 @@ class Handler(BaseHTTPRequestHandler):
         if oid is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
         data = self.state.blob(oid)
-        self.send_response(200)
+        wanted = self.headers.get("Range")
+        self.state.downloads.append((path, wanted if not head else "HEAD"))
+        status = 200
+        if wanted and wanted.startswith("bytes=") and not head:  # a header read: only the asked bytes
+            first, _, last = wanted[len("bytes=") :].partition("-")
+            data = data[int(first) : int(last) + 1 if last else None]
+            status = 206
+        self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("ETag", f'"{oid}"')

@@ -173,7 +173,34 @@ def test_bad_input_gives_one_line_and_writes_nothing(dpo_key, expected, bad_inpu
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
-        ("merge_method: frankenmerge\nmodels: [a]", "unknown merge method 'frankenmerge'; known methods: dare_linear"),
+        ("merge_method: frankenmerge\nmodels: [a]", "unknown merge method 'frankenmerge'; known methods: arcee_fusion"),
+        ("merge_method: tie\nmodels: [a]", "unknown merge method 'tie' (did you mean 'ties'?)"),
+        (
+            "merge_method: ties\nbase_model: B\nmodels:\n  - model: M\n    parameters: {weight: 1, densty: 0.5}",
+            "models[0].parameters.densty: not a per-model parameter of ties (did you mean 'density'?)",
+        ),
+        (
+            "merge_method: della\nbase_model: B\nmodels: [M]\nparameters: {weight: 1, lamda: 0.5}",
+            "parameters.lamda: not a parameter of della (did you mean 'lambda'?)",
+        ),
+        ("merge_method: ties\nbase_model: B\nmodel: [M]", "unknown key 'model' (did you mean 'models'?)"),
+        (
+            "merge_method: passthrough\nslices:\n  - sources:\n      - {model: M, layer_range: [0, 2]}\n"
+            "      - {model: N, layer_range: [0, 3]}",
+            "slices[0].sources: every source must span the same number of layers, got [2, 3]",
+        ),
+        (
+            "merge_method: passthrough\nslices:\n  - sources:\n      - {model: M, layer_range: [4, 2]}",
+            "slices[0].sources[0].layer_range: expected [first, end) with 0 <= first < end, got [4, 2]",
+        ),
+        (
+            "merge_method: linear\nmodels: [M]\ntokenizer: {source: union, tokens: {x: {source: M}}}",
+            "tokenizer.tokens (per-token embedding sources) is not supported yet",
+        ),
+        (
+            "merge_method: linear\nmodels: [M]\ntokenizer: {source: union, pad_to: 64}",
+            "tokenizer: unknown key 'pad_to' (did you mean 'pad_to_multiple_of'?)",
+        ),
         (
             "merge_method: ties\nbase_model: B\nmodels:\n  - model: M\n    parameters: {weight: heavy}",
             "models[0].parameters.weight: expected a number, got 'heavy'",
@@ -183,8 +210,11 @@ def test_bad_input_gives_one_line_and_writes_nothing(dpo_key, expected, bad_inpu
             "models[0].parameters.density: 2.0 is outside [0.0, 1.0]",
         ),
         ("merge_method: slerp\nbase_model: B\nmodels: [M]", "parameters.t is required by slerp"),
-        ("merge_method: ties\nmodels: [M]\nweights: 3", "unknown key(s) weights"),
-        ("merge_method: linear\nmodels: [M]\nparameters:\n  normalize: 3", "parameters.normalize: expected true/false"),
+        ("merge_method: ties\nmodels: [M]\nweights: 3", "unknown key 'weights'"),
+        (
+            "merge_method: linear\nmodels: [M]\nparameters:\n  weight: 1\n  normalize: 3",
+            "parameters.normalize: expected true/false",
+        ),
         ("merge_method: [", "not valid YAML"),
     ],
 )

@@ -11,7 +11,6 @@ import yaml
 from conftest import logits_of, logits_with_state
 
 from modelops.merge import expo_recipe, merge, recipe_from_dict
-from modelops.merge.recipe import layer_position
 
 IDS = torch.tensor([[1, 5, 9, 33, 17, 4, 60], [1, 2, 3, 4, 5, 6, 7]])
 
@@ -56,7 +55,8 @@ def test_expo_identity_through_the_executor(llama_family, load_state, tmp_path: 
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"])
 def test_multi_model_methods_on_sharded_inputs(method, llama_family, load_state, tmp_path: Path) -> None:
-    from modelops.merge.registry import TensorJob, get_method
+    from modelops.merge.methods import get_method
+    from modelops.merge.registry import TensorJob
 
     params = {"weight": 0.6, "density": 0.5} if method not in ("linear", "task_arithmetic") else {"weight": 0.6}
     data = {
@@ -112,7 +112,7 @@ def test_slerp_with_mergekit_gradient_and_filters(llama_family, load_state, tmp_
     got, a, b = load_state(out), load_state(llama_family["ft1"]), load_state(llama_family["ft2"])
     for k in got:
         if "self_attn" in k:
-            t = layer_position(k, 2)
+            t = float(k.split(".")[2])  # layer i of 2: depth i/(2-1)
             assert t in (0.0, 1.0)
         elif "mlp" in k:
             t = 0.8

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from modelops.merge import methods
-from modelops.merge.registry import TensorJob, get_method
+from modelops.merge.methods import get_method, sparsify
+from modelops.merge.registry import TensorJob
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -52,8 +53,11 @@ def test_inputs_are_never_modified() -> None:
     base, a, b = rand(10, 10, seed=1), rand(10, 10, seed=2), rand(10, 10, seed=3)
     copies = [t.clone() for t in (base, a, b)]
     methods.ties(base, [a, b], [1.0, 1.0], [0.5, 0.5])
-    gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    methods.dare(base, [a, b], [1.0, 1.0], [0.5, 0.5], gens, consensus=True)
+    job = TensorJob("x", base, [a, b], {"weight": [1.0, 1.0], "density": [0.5, 0.5]}, {})
+    for name in ("dare_ties", "della", "sce", "model_stock", "karcher", "ram"):
+        method = get_method(name)
+        params = {p.name: p.default for p in method.params if not p.per_model}
+        method.fn(TensorJob("x", base, [a, b], job.per_model | {"epsilon": [0.1, 0.1]}, params))
     methods.slerp(a, b, 0.3)
     for t, c in zip((base, a, b), copies, strict=True):
         assert torch.equal(t, c)
@@ -61,10 +65,11 @@ def test_inputs_are_never_modified() -> None:
 
 def test_magnitude_prune_keeps_exactly_the_largest() -> None:
     delta = torch.tensor([0.1, -5.0, 0.3, 2.0, -0.2, 0.0, 4.0, -1.0])
-    got = methods.magnitude_prune(delta, 0.375)  # keep 3 of 8
+    got = methods.magnitude(delta, 0.375)  # keep 3 of 8
     assert torch.equal(got, torch.tensor([0.0, -5.0, 0.0, 2.0, 0.0, 0.0, 4.0, 0.0]))
-    assert torch.equal(methods.magnitude_prune(delta, 1.0), delta)
-    assert torch.count_nonzero(methods.magnitude_prune(delta, 0.0)) == 0
+    assert torch.equal(methods.magnitude(delta, 0.49), got)  # int(0.49 · 8) = 3 kept, as mergekit counts
+    assert torch.equal(methods.magnitude(delta, 1.0), delta)
+    assert torch.count_nonzero(methods.magnitude(delta, 0.0)) == 0
 
 
 def _ties_reference(base, tensors, weights, densities, lam):
@@ -73,14 +78,14 @@ def _ties_reference(base, tensors, weights, densities, lam):
     deltas = []
     for t, d in zip(tensors, densities, strict=True):
         delta = [x - y for x, y in zip(t.double().reshape(-1).tolist(), flat_base, strict=True)]
-        k = round(d * len(delta))
+        k = int(d * len(delta))  # mergekit's count: int(density · n)
         keep = set(sorted(range(len(delta)), key=lambda i: -abs(delta[i]))[:k])
         deltas.append([v if i in keep else 0.0 for i, v in enumerate(delta)])
     out = []
     for j in range(len(flat_base)):
         vals = [w * dl[j] for w, dl in zip(weights, deltas, strict=True)]
         total = sum(vals)
-        sign = (total > 0) - (total < 0)
+        sign = 1 if total >= 0 else -1  # mergekit elects + on an exact tie
         agree = [(v, w) for v, w in zip(vals, weights, strict=True) if v != 0 and ((v > 0) - (v < 0)) == sign]
         merged = sum(v for v, _ in agree) / sum(w for _, w in agree) if agree else 0.0
         out.append(flat_base[j] + lam * merged)
@@ -96,16 +101,21 @@ def test_ties_matches_an_entrywise_reference() -> None:
     assert torch.allclose(got.double(), want, atol=1e-5)
 
 
-def test_dare_drop_rate_rescale_and_seed() -> None:
-    delta = torch.ones(200_000)
-    g = torch.Generator().manual_seed(0)
-    kept = methods.random_drop(delta, 0.3, g)
-    frac = (kept != 0).float().mean().item()
+def test_dare_drop_rate_l1_rescale_and_seed() -> None:
+    delta = rand(200_000, seed=5)
+    kept = methods.bernoulli(delta, 0.3, torch.Generator().manual_seed(0))
+    survivors = kept != 0
+    frac = survivors.float().mean().item()
     assert abs(frac - 0.3) < 0.01  # ~6 standard errors
-    assert torch.allclose(kept[kept != 0], torch.full_like(kept[kept != 0], 1 / 0.3))
-    assert abs(kept.mean().item() - 1.0) < 0.03  # expectation preserved
-    again = methods.random_drop(delta, 0.3, torch.Generator().manual_seed(0))
+    # mergekit's rescale: the survivors are scaled by one factor so the L1 norm of the task vector is unchanged
+    scale = delta.abs().sum() / delta[survivors].abs().sum()
+    assert torch.allclose(kept[survivors], delta[survivors] * scale, rtol=1e-5)
+    assert math.isclose(kept.abs().sum().item(), delta.abs().sum().item(), rel_tol=1e-4)
+    again = methods.bernoulli(delta, 0.3, torch.Generator().manual_seed(0))
     assert torch.equal(kept, again)
+    assert torch.equal(
+        sparsify.bernoulli(delta, 0.3, torch.Generator().manual_seed(0), rescale=False), delta * survivors
+    )
 
 
 def test_dare_seed_depends_on_tensor_name_not_order() -> None:
@@ -135,6 +145,6 @@ def test_bad_arguments_raise_value_errors_naming_the_value() -> None:
     with pytest.raises(ValueError, match="3 values for 2 models"):
         methods.task_arithmetic(torch.zeros(2), [torch.zeros(2)] * 2, [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="density"):
-        methods.magnitude_prune(torch.zeros(2), 1.5)
+        methods.magnitude(torch.zeros(2), 1.5)
     with pytest.raises(ValueError, match="t must be"):
         methods.slerp(torch.ones(2), torch.ones(2), 1.5)

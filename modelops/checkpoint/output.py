@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from modelops.errors import OutputError
 
@@ -102,8 +103,11 @@ def _remove_stale_temps(target: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def copy_support_files(src: Path, dst: Path, *, dtype: str | None = None) -> list[str]:
-    """Copy config/tokenizer/generation files from `src`; set the config's dtype to what was written."""
+def copy_support_files(
+    src: Path, dst: Path, *, dtype: str | None = None, config: dict[str, Any] | None = None
+) -> list[str]:
+    """Copy config/tokenizer/generation files from `src`; set the config's dtype to what was written, and any
+    `config` keys (a stacked model's layer count and per-layer lists)."""
     copied = []
     for name in SUPPORT_FILES:
         f = src / name
@@ -111,11 +115,12 @@ def copy_support_files(src: Path, dst: Path, *, dtype: str | None = None) -> lis
             shutil.copyfile(f, dst / name)
             copied.append(name)
     cfg_path = dst / "config.json"
-    if dtype and cfg_path.is_file():
+    if (dtype or config) and cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
         keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
-        for k in keys:
+        for k in keys if dtype else []:
             cfg[k] = dtype
+        cfg.update(config or {})
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return copied
 

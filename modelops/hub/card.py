@@ -234,7 +234,7 @@ def method_info(method: str) -> tuple[str, str, str, str]:
     if method in OPERATIONS:
         return OPERATIONS[method]
     try:
-        from modelops.merge.registry import get_method
+        from modelops.merge.methods import get_method
 
         m = get_method(method)
         return m.name, m.summary, m.paper, m.paper_url

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from modelops.merge.executor import MergeResult, run_merge
+from modelops.merge.methods import REGISTRY, get_method, method_names
 from modelops.merge.plan import MergePlan, build_plan
 from modelops.merge.recipe import MergeRecipe, ModelEntry, load_recipe, normalize_dtype, recipe_from_dict
-from modelops.merge.registry import REGISTRY, get_method, method_names, register
+from modelops.merge.registry import register
 
 __all__ = [
     "REGISTRY",

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 
 from modelops.checkpoint import AtomicOutput, CheckpointWriter, copy_support_files
-from modelops.errors import NumericsError
+from modelops.errors import NumericsError, RecipeError
+from modelops.merge.layers import SourceTensor
+from modelops.merge.params import resolve
 from modelops.merge.plan import MergePlan, TensorPlan
-from modelops.merge.recipe import resolve_value
-from modelops.merge.registry import TensorJob
+from modelops.merge.registry import Param, TensorJob
+from modelops.merge.vocab import save_tokenizer
 from modelops.provenance import input_record, peak_rss_bytes, write_recipe_file
 
 logger = logging.getLogger(__name__)
@@ -81,58 +83,80 @@ def compute_block(
     plan: MergePlan, tp: TensorPlan, rows: tuple[int, int] | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The float32 merged value of one tensor (or block of rows), and the reference's stored values there."""
-    ref_ck = plan.reference
+    assert tp.copy_from is not None
     if not tp.merge or (tp.shared_rows is not None and rows is not None and rows[0] >= tp.shared_rows):
-        return ref_ck.get(tp.name, rows), None  # copied as stored (non-float tensors, added-token rows)
+        return _load(plan, tp.copy_from, rows), None  # copied as stored (non-float tensors, added-token rows)
     if rows is None and tp.shared_rows is not None:
         rows = (0, tp.shared_rows)
-    cache: dict[int, torch.Tensor] = {}
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+    if tp.vocab:  # every input's rows put in the merged tokenizer's order first (whole tensors)
+        assert plan.vocab is not None
+        stored = {src.model: _load(plan, src, None).to(device) for src in _inputs(tp)}
+        for src in _inputs(tp):
+            cache[(src.model, src.tensor)] = plan.vocab.rows_for(src.model, stored[src.model], stored)
 
-    def load(ck: Any) -> torch.Tensor:
-        if id(ck) not in cache:
-            cache[id(ck)] = ck.get(tp.name, rows).to(device)
-        return cache[id(ck)]
+    def load(src: SourceTensor) -> torch.Tensor:
+        key = (src.model, src.tensor)
+        if key not in cache:
+            cache[key] = _load(plan, src, rows).to(device)
+        return cache[key]
 
     job = TensorJob(
         name=tp.name,
-        base=load(plan.base) if plan.base is not None else None,
-        tensors=[load(ck) for ck in plan.models],
-        per_model=_per_model(plan, tp.name),
-        params=_global_params(plan, tp.name),
+        base=load(tp.base) if tp.base is not None else None,
+        tensors=[load(src) for src in tp.sources],
+        per_model=per_model_values(plan, tp),
+        params=global_values(plan, tp),
         seed=plan.recipe.seed,
     )
-    return plan.method.fn(job), load(ref_ck)
+    return plan.method.fn(job), load(tp.copy_from)
 
 
-def _per_model(plan: MergePlan, name: str) -> dict[str, list[Any]]:
+def _inputs(tp: TensorPlan) -> list[SourceTensor]:
+    return [src for src in (tp.base, *tp.sources) if src is not None]
+
+
+def _load(plan: MergePlan, src: SourceTensor, rows: tuple[int, int] | None) -> torch.Tensor:
+    return plan.checkpoints[src.model].get(src.tensor, rows)
+
+
+def per_model_values(plan: MergePlan, tp: TensorPlan) -> dict[str, list[Any]]:
+    """Each per-model parameter for each source, by mergekit's lookup order (see `modelops.merge.params`)."""
     values: dict[str, list[Any]] = {}
     for p in plan.method.params:
-        if not p.per_model:
-            continue
-        vals = []
-        for entry in plan.recipe.models:
-            raw = entry.parameters.get(p.name, plan.recipe.parameters.get(p.name, p.default))
-            vals.append(resolve_value(raw, name, plan.num_layers))
-        values[p.name] = vals
+        if p.per_model:
+            values[p.name] = [
+                _value(p, src.tensor, tp.t, [src.parameters, tp.slice_parameters, plan.recipe.parameters], src.model)
+                for src in tp.sources
+            ]
     return values
 
 
-def _global_params(plan: MergePlan, name: str) -> dict[str, Any]:
-    return {
-        p.name: resolve_value(plan.recipe.parameters.get(p.name, p.default), name, plan.num_layers)
-        for p in plan.method.params
-        if not p.per_model
-    }
+def global_values(plan: MergePlan, tp: TensorPlan) -> dict[str, Any]:
+    levels = [tp.slice_parameters, plan.recipe.parameters]
+    return {p.name: _value(p, tp.name, tp.t, levels, None) for p in plan.method.params if not p.per_model}
 
 
-def _check_finite(plan: MergePlan, name: str, tensor: torch.Tensor) -> None:
+def _value(p: Param, tensor: str, t: float, levels: list[dict[str, Any]], model: str | None) -> Any:
+    value = resolve(p.name, tensor, t, levels)
+    if value is None:
+        if p.required:
+            who = f" of {model}" if model else ""
+            raise RecipeError(f"parameter {p.name}{who} has no value for tensor {tensor!r} (no filter matches it)")
+        return p.default
+    return p.kind(value) if p.kind in (int, float) and not isinstance(value, bool) else value
+
+
+def _check_finite(plan: MergePlan, tp: TensorPlan, tensor: torch.Tensor) -> None:
     """A NaN or inf anywhere makes the sum non-finite; only then look for where it came from."""
     if tensor.is_floating_point() and not math.isfinite(float(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
         culprits = [
-            ck.name for ck in plan.inputs if ck.tensors[name].is_float and not bool(torch.isfinite(ck.get(name)).all())
+            f"{src.model} ({src.tensor})"
+            for src in [tp.base, *tp.sources]
+            if src is not None and not bool(torch.isfinite(_load(plan, src, None).float()).all())
         ]
         where = f" (already non-finite in {', '.join(culprits)})" if culprits else " (produced by the merge)"
-        raise NumericsError(f"NaN/inf in output tensor {name!r}{where}; nothing was written")
+        raise NumericsError(f"NaN/inf in output tensor {tp.name!r}{where}; nothing was written")
 
 
 def run_merge(
@@ -162,11 +186,11 @@ def run_merge(
         try:
             for spec in writer.order:
                 tp = plan.tensors[spec.name]
-                chunked = tp.merge and plan.method.elementwise
+                chunked = tp.merge and plan.method.elementwise and not tp.vocab
                 blocks = row_blocks(spec.shape, block_elems, tp.shared_rows) if chunked else [None]
                 for rows in blocks:
                     value, ref = compute_block(plan, tp, rows, dev)
-                    _check_finite(plan, tp.name, value)
+                    _check_finite(plan, tp, value)
                     stored = value.to(out_dtypes[spec.dtype])
                     if survival is not None and ref is not None and spec.dtype in LOW_PRECISION:
                         survival.add(value, stored, ref)
@@ -179,7 +203,11 @@ def run_merge(
             writer.abort()
             raise
         dtypes = {s.dtype for s in specs if s.dtype.startswith(("float", "bfloat"))}
-        copy_support_files(plan.reference.folder, tmp, dtype=dtypes.pop() if len(dtypes) == 1 else None)
+        copy_support_files(
+            plan.reference.folder, tmp, dtype=dtypes.pop() if len(dtypes) == 1 else None, config=plan.config_updates
+        )
+        if plan.vocab is not None:
+            save_tokenizer(plan.vocab, tmp)
         fraction = survival.fraction if survival is not None else None
         warnings = list(plan.warnings)
         if fraction is not None and fraction < SURVIVAL_WARN_BELOW:
