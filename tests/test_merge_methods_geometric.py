@@ -181,6 +181,11 @@ def test_model_stock_three_task_vectors_use_the_mean_pairwise_cosine() -> None:
     d = [2.0 * torch.tensor([1.0, 1.0, 0, 0]), torch.tensor([0, 1.0, 1.0, 0]), 0.5 * torch.tensor([1.0, 0, 1.0, 0])]
     got = merge("model_stock", [base + x for x in d], base)  # every pair at cos 0.5: t = 1.5 / 2
     np.testing.assert_allclose(got, np64(base) + 0.75 * sum(np64(x) for x in d) / 3, atol=1e-6)
+    d = [torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 2.0, 0, 0]), torch.tensor([3.0, 3.0, 0, 0])]
+    cos = (0 + 2 / math.sqrt(2)) / 3  # pairs: 90°, 45°, 45°
+    got = merge("model_stock", [base + x for x in d], base)
+    t = 3 * cos / (1 + 2 * cos)
+    np.testing.assert_allclose(got, np64(base) + t * sum(np64(x) for x in d) / 3, atol=1e-6)
 
 
 def test_model_stock_filter_wise_takes_a_ratio_per_row_and_needs_two_models() -> None:

@@ -357,10 +357,11 @@ def test_gradient_is_interpolated_linearly_at_depth_t() -> None:
     assert evaluate_setting(0.3, UP, 0.9) == 0.3
 
 
-def test_bool_and_string_lists_step_instead_of_interpolating() -> None:
-    assert evaluate_setting([True, False, True], UP, 0.49) is True  # entry int(0.98) = 0
-    assert evaluate_setting([True, False, True], UP, 0.5) is False  # entry 1
-    assert evaluate_setting([True, False, True], UP, 1.0) is True
+def test_bool_lists_interpolate_as_numbers_and_other_lists_step() -> None:
+    # mergekit's config reads [true, false] as [1.0, 0.0], so a switch gradient is a number between them
+    assert evaluate_setting([True, False, True], UP, 0.25) == pytest.approx(0.5)
+    assert evaluate_setting([False, True], UP, 0.3) == pytest.approx(0.3)
+    assert evaluate_setting([True, False, True], UP, 1.0) == 1.0
     assert evaluate_setting(["a", "b"], UP, 0.99) == "a"
     assert evaluate_setting(["a", "b"], UP, 1.0) == "b"
 
@@ -387,3 +388,14 @@ def test_resolve_looks_up_model_then_slice_then_global_and_falls_through_unmatch
     assert resolve("lambda", Q, 0.5, levels) == 1.5
     assert resolve("lambda", Q, 0.5, [None, {}, {"density": 1.0}]) is None
     assert resolve("density", Q, 0.5, [model, None, {"density": [{"filter": "self_attn", "value": 0.4}]}]) == 0.4
+
+
+def test_della_ranks_along_dimension_one_for_higher_rank_tensors() -> None:
+    """mergekit ranks |δ| along dim 1: in a (1, 3, 4) tensor each column of three entries is ranked on its own."""
+    from modelops.merge.methods.sparsify import della_magprune
+
+    delta = torch.arange(1.0, 13.0).view(1, 3, 4)
+    probs = torch.tensor([0.2, 0.5, 0.8]).view(1, 3, 1).expand(1, 3, 4).contiguous()  # ranks 1, 2, 3 per column
+    want = torch.bernoulli(probs, generator=torch.Generator().manual_seed(4))
+    got = della_magprune(delta, 0.5, 0.3, torch.Generator().manual_seed(4), rescale=False)
+    assert torch.equal(got != 0, want.bool())

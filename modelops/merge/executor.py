@@ -144,6 +144,8 @@ def _value(p: Param, tensor: str, t: float, levels: list[dict[str, Any]], model:
             who = f" of {model}" if model else ""
             raise RecipeError(f"parameter {p.name}{who} has no value for tensor {tensor!r} (no filter matches it)")
         return p.default
+    if p.kind is bool:
+        return bool(value)  # a gradient of switches: on where its value is non-zero
     return p.kind(value) if p.kind in (int, float) and not isinstance(value, bool) else value
 
 

@@ -2,7 +2,8 @@
 
 - A scalar is used as it is.
 - A list of numbers is a gradient: interpolated linearly at the tensor's depth t in [0, 1] (index t·(n−1)).
-  A list of true/false or strings steps instead (entry int(t·(n−1))).
+  true/false count as 1/0 there, as mergekit's config parser reads them (a switch is on where the value is
+  non-zero); any other list steps (entry int(t·(n−1))).
 - A filter list `[{filter: mlp, value: ...}, {value: ...}]` takes the first entry whose filter is absent, `*`,
   or a substring of the tensor's name. When none matches, the parameter is unset at that level.
 - Lookup order (first set value wins): the model's own entry in the slice (`models[].parameters`), the slice's
@@ -27,7 +28,8 @@ def evaluate_setting(setting: Setting, tensor_name: str, t: float) -> Any:
         return setting
     if not setting:
         return None
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
+    if all(isinstance(v, (int, float)) for v in setting):
+        setting = [float(v) for v in setting]
         scaled = t * (len(setting) - 1)
         lo = int(scaled)
         hi = min(len(setting) - 1, lo + 1)

@@ -3,35 +3,70 @@ comes from how aligned the task vectors are."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from modelops.merge.methods.blocks import row_slices
 from modelops.merge.registry import Param, TensorJob, register
 
 
-def model_stock(base: torch.Tensor, tensors: list[torch.Tensor], *, filter_wise: bool = False) -> torch.Tensor:
-    """t = N·cosθ / (1 + (N−1)·cosθ) with cosθ the mean pairwise cosine of the task vectors (whole tensor, or per
-    row with `filter_wise`); result t·mean(θ_i) + (1−t)·θ_base. Needs at least two models besides the base."""
-    if len(tensors) < 2:
-        raise ValueError(f"model_stock needs at least 2 models besides the base, got {len(tensors)}")
-    shape = base.shape
-    w0 = base.float()
-    ws = [t.float() for t in tensors]
-    if filter_wise:
-        if w0.dim() == 1:
-            w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
-    else:
-        w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
-    offsets = [w - w0 for w in ws]
+def _interpolation(cos: torch.Tensor, n: int) -> torch.Tensor:
+    """Model Stock's ratio t = N·cosθ / (1 + (N−1)·cosθ)."""
+    return (n * cos) / (1 + (n - 1) * cos)
+
+
+def _stock_rows(w0: torch.Tensor, ws: list[torch.Tensor]) -> torch.Tensor:
+    """Per-row Model Stock on a (rows, cols) block: each row gets its own t."""
+    w0 = w0.float()
+    offsets = [w.float() - w0 for w in ws]
     cosines = []
     for i, a in enumerate(offsets):
         for b in offsets[i + 1 :]:
             denom = (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-6)
             cosines.append(((a * b).sum(dim=-1) / denom).clamp(-1, 1))
-    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
-    n = len(ws)
-    t = (n * cos) / (1 + (n - 1) * cos)
-    mean = sum(ws) / n
-    return (t * mean + (1 - t) * w0).reshape(shape)
+    t = _interpolation(torch.stack(cosines).mean(dim=0).unsqueeze(-1), len(ws))
+    mean = sum(w.float() for w in ws) / len(ws)
+    return t * mean + (1 - t) * w0
+
+
+def model_stock(base: torch.Tensor, tensors: list[torch.Tensor], *, filter_wise: bool = False) -> torch.Tensor:
+    """t = N·cosθ / (1 + (N−1)·cosθ) with cosθ the mean pairwise cosine of the task vectors (whole tensor, or per
+    row with `filter_wise`); result t·mean(θ_i) + (1−t)·θ_base. Needs at least two models besides the base.
+
+    Works in row blocks: the whole-tensor cosines are accumulated block by block first, so no float32 copy of a
+    whole task vector is ever held.
+    """
+    n = len(tensors)
+    if n < 2:
+        raise ValueError(f"model_stock needs at least 2 models besides the base, got {n}")
+    shape = base.shape
+    rows = base.reshape(1, -1) if base.dim() <= 1 else base.reshape(base.shape[0], -1)
+    ts = [t.reshape(rows.shape) for t in tensors]
+    out = torch.empty(rows.shape, dtype=torch.float32, device=base.device)
+    if filter_wise:
+        for sl in row_slices(rows.shape[0], rows.shape[1]):
+            out[sl] = _stock_rows(rows[sl], [t[sl] for t in ts])
+        return out.reshape(shape)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    squares, dots = [0.0] * n, dict.fromkeys(pairs, 0.0)
+    for sl in row_slices(rows.shape[0], rows.shape[1]):
+        b = rows[sl].float()
+        offsets = [(t[sl].float() - b).reshape(-1) for t in ts]
+        for i, a in enumerate(offsets):
+            squares[i] += float(torch.dot(a, a))  # float32 block sums, added up in float64
+        for i, j in pairs:
+            dots[(i, j)] += float(torch.dot(offsets[i], offsets[j]))
+    cos = sum(
+        max(-1.0, min(1.0, dots[(i, j)] / max(math.sqrt(squares[i] * squares[j]), 1e-6))) for i, j in pairs
+    ) / len(pairs)
+    t = _interpolation(torch.tensor(cos, dtype=torch.float32), n)
+    for sl in row_slices(rows.shape[0], rows.shape[1]):
+        mean = ts[0][sl].to(torch.float32, copy=True)
+        for w in ts[1:]:
+            mean.add_(w[sl])
+        out[sl] = mean.div_(n).mul_(t).add_(rows[sl].to(torch.float32, copy=True).mul_(1 - t))
+    return out.reshape(shape)
 
 
 @register(

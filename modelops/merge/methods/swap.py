@@ -59,6 +59,7 @@ def _nearswap(job: TensorJob) -> torch.Tensor:
 @register(
     "arcee_fusion",
     base="required",
+    random=True,  # quantiles of tensors over 1M entries come from a seeded sample
     params=(),
     max_models=1,
     summary="keep the other model's changes only where their KL-weighted importance passes a dynamic threshold",

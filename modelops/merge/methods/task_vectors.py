@@ -6,14 +6,17 @@ methods differ only in the sparsifier, whether signs are elected, and their defa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from modelops.merge.methods import sparsify
+from modelops.merge.methods.blocks import row_slices
 from modelops.merge.registry import DENSITY, INT8_MASK, LAMBDA, WEIGHT, Param, TensorJob, register
 
-Sparsifier = Callable[[torch.Tensor, int], torch.Tensor]  # (δ, model index) -> sparsified δ
+Decision = tuple["torch.Tensor | None", "torch.Tensor | None"]  # (keep-mask or None for all, L1 scale or None)
+Keeper = Callable[["TaskVector", int], Decision]  # decides what one model's task vector keeps
 
 
 def task_vectors(base: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -37,28 +40,34 @@ def merge_task_vectors(
     normalize: bool,
     lambda_: float = 1.0,
 ) -> torch.Tensor:
-    """θ_base + λ · Σ w_i δ_i [/ divisor]: with `consensus`, only sign-agreeing entries count, and the divisor is
-    the weight of those entries; without, the divisor is Σ w_i (mergekit's rule: ~0 divisors become 1)."""
+    """θ_base + λ · Σ w_i δ_i [/ divisor]: with `consensus`, only entries whose w_i·δ_i has the elected sign count,
+    and the divisor is the weight of those entries; without, the divisor is Σ w_i (mergekit's rule: ~0 → 1).
+
+    Sums run model by model into three float32 buffers instead of stacking M weighted copies.
+    """
     if len(deltas) != len(weights):
         raise ValueError(f"weight has {len(weights)} values for {len(deltas)} models")
-    if not deltas:
-        return base.to(torch.float32, copy=True)
-    stacked = torch.stack(deltas)  # (M, *shape)
-    w = torch.tensor(weights, dtype=torch.float32, device=base.device).view(-1, *([1] * base.dim()))
-    weighted = stacked * w
+    merged = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
+    for d, w in zip(deltas, weights, strict=True):
+        merged.add_(d, alpha=w)
     if consensus:
-        mask = sign_agreement(weighted)
-        merged = (weighted * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
+        elected = torch.where(merged >= 0, 1.0, -1.0)  # the elected sign: + on an exact tie
+        merged.zero_()
+        divisor = torch.zeros_like(merged)
+        for d, w in zip(deltas, weights, strict=True):
+            wd = d * w
+            agree = wd * elected > 0  # same sign as elected (zeros never agree)
+            merged.add_(wd.mul_(agree))
+            divisor.add_(agree, alpha=w)
+            del wd, agree
         divisor[divisor == 0] = 1
     else:
-        merged = weighted.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
+        total = float(sum(weights))
+        divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total)
     if normalize:
-        merged = merged / divisor
+        merged.div_(divisor)
     if lambda_ != 1:
-        merged = merged * lambda_
+        merged.mul_(lambda_)
     return merged.add_(base)
 
 
@@ -90,14 +99,76 @@ def ties(
     return merge_task_vectors(base, deltas, weights, consensus=True, normalize=normalize, lambda_=lambda_)
 
 
-def _gta(job: TensorJob, sparsifier: Sparsifier | None, consensus: bool) -> torch.Tensor:
+@dataclass(frozen=True)
+class TaskVector:
+    """One model's δ = θ − θ_base, computed on demand from the stored tensors: whole, or |δ| by row blocks."""
+
+    model: torch.Tensor
+    base: torch.Tensor
+
+    def full(self) -> torch.Tensor:
+        return self.model.to(torch.float32, copy=True).sub_(self.base)
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model, base) as (rows, cols) views: 0-D and 1-D tensors are one row."""
+        cols = self.base.shape[-1] if self.base.dim() > 1 else max(1, self.base.numel())
+        return self.model.reshape(-1, cols), self.base.reshape(-1, cols)
+
+    def abs_blocks(self) -> Iterator[torch.Tensor]:
+        model, base = self.rows()
+        for sl in row_slices(base.shape[0], base.shape[1]):
+            yield model[sl].to(torch.float32, copy=True).sub_(base[sl]).abs_()
+
+
+def _kept(
+    model: torch.Tensor, base: torch.Tensor, keep: torch.Tensor | None, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """(θ − θ_base)·keep·scale for one block, built in one fresh float32 buffer."""
+    delta = model.to(torch.float32, copy=True).sub_(base)
+    if keep is not None:
+        delta.mul_(keep)
+    return delta if scale is None else delta.mul_(scale)
+
+
+def merge_sparse_task_vectors(
+    base: torch.Tensor,
+    tensors: list[torch.Tensor],
+    keeper: Keeper | None,
+    weights: list[float],
+    *,
+    consensus: bool,
+    normalize: bool,
+    lambda_: float = 1.0,
+) -> torch.Tensor:
+    """`merge_task_vectors` over sparsified task vectors, in bounded memory.
+
+    Each model's keep-mask (one byte per entry) and L1 scale are decided first, one model at a time; then the
+    task vectors are rebuilt and combined block of rows by block. No float32 copy of all M task vectors is ever
+    held. Every step is elementwise once the masks are known, so the result equals the whole-tensor computation.
+    """
+    vectors = [TaskVector(t, base) for t in tensors]
+    decided = [keeper(tv, i) if keeper is not None else (None, None) for i, tv in enumerate(vectors)]
+    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
+    rows_out = out.view(vectors[0].rows()[1].shape) if vectors else out
+    views = [tv.rows()[0] for tv in vectors]
+    base_rows = vectors[0].rows()[1] if vectors else base
+    masks = [None if m is None else m.reshape(base_rows.shape) for m, _ in decided]
+    for sl in row_slices(base_rows.shape[0], base_rows.shape[1]):
+        b = base_rows[sl].float()
+        deltas = [
+            _kept(t[sl], b, None if m is None else m[sl], sc)
+            for t, m, (_, sc) in zip(views, masks, decided, strict=True)
+        ]
+        rows_out[sl] = merge_task_vectors(b, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
+    return out
+
+
+def _gta(job: TensorJob, keeper: Keeper | None, consensus: bool) -> torch.Tensor:
     assert job.base is not None
-    deltas = task_vectors(job.base, job.tensors)
-    if sparsifier is not None:
-        deltas = [sparsifier(d, i) for i, d in enumerate(deltas)]
-    return merge_task_vectors(
+    return merge_sparse_task_vectors(
         job.base,
-        deltas,
+        job.tensors,
+        keeper,
         job.per_model["weight"],
         consensus=consensus,
         normalize=job.params["normalize"],
@@ -126,26 +197,42 @@ GAMMA = Param("gamma", default=0.01, per_model=True, low=0.0, high=1.0)
 EPSILON = Param("epsilon", default=0.15, per_model=True, low=0.0, high=1.0)
 
 
-def _magnitude(job: TensorJob) -> Sparsifier:
-    return lambda d, i: sparsify.magnitude(d, job.per_model["density"][i], rescale=job.params["rescale"])
+def _whole(job: TensorJob, rule: Callable[[torch.Tensor, int], torch.Tensor | None]) -> Keeper:
+    """A keeper that needs δ whole (ranks, random draws), with mergekit's L1 rescale when asked."""
+
+    def keep(tv: TaskVector, i: int) -> Decision:
+        delta = tv.full()
+        mask = rule(delta, i)
+        rescale = job.params["rescale"] and mask is not None
+        return mask, sparsify.l1_scale(delta, mask) if rescale else None
+
+    return keep
 
 
-def _outliers(job: TensorJob) -> Sparsifier:
+def _magnitude(job: TensorJob) -> Keeper:
+    """TIES' top-k, found by a streamed selection over |δ| blocks: no whole float32 task vector is made."""
+
+    def keep(tv: TaskVector, i: int) -> Decision:
+        mask = sparsify.magnitude_keep_blocks(tv.abs_blocks, tuple(tv.rows()[1].shape), job.per_model["density"][i])
+        if not job.params["rescale"] or mask is None:
+            return mask, None
+        return mask, sparsify.l1_scale(tv.full(), mask)
+
+    return keep
+
+
+def _outliers(job: TensorJob) -> Keeper:
     pm = job.per_model
-    return lambda d, i: sparsify.magnitude_outliers(d, pm["density"][i], pm["gamma"][i], rescale=job.params["rescale"])
+    return _whole(job, lambda d, i: sparsify.outliers_keep(d, pm["density"][i], pm["gamma"][i]))
 
 
-def _bernoulli(job: TensorJob) -> Sparsifier:
-    return lambda d, i: sparsify.bernoulli(
-        d, job.per_model["density"][i], job.generator(i), rescale=job.params["rescale"]
-    )
+def _bernoulli(job: TensorJob) -> Keeper:
+    return _whole(job, lambda d, i: sparsify.bernoulli_keep(d, job.per_model["density"][i], job.generator(i)))
 
 
-def _della(job: TensorJob) -> Sparsifier:
+def _della(job: TensorJob) -> Keeper:
     pm = job.per_model
-    return lambda d, i: sparsify.della_magprune(
-        d, pm["density"][i], pm["epsilon"][i], job.generator(i), rescale=job.params["rescale"]
-    )
+    return _whole(job, lambda d, i: sparsify.della_keep(d, pm["density"][i], pm["epsilon"][i], job.generator(i)))
 
 
 @register(
