@@ -1,4 +1,4 @@
-"""`modelops merge`: task arithmetic, linear, TIES, DARE, SLERP, ExPO — from a mergekit-style recipe or flags."""
+"""`modelops merge`: every mergekit method, from a mergekit YAML config or flags."""
 
 from __future__ import annotations
 
@@ -32,11 +32,13 @@ from modelops.cli.push import (
     push_after_write,
 )
 
-HELP = """Merge models, streamed tensor by tensor (peak memory: a few tensors).
-
-Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, expo. A mergekit YAML config for these
-methods runs unchanged with --recipe; flags override the recipe (--model/--weight/--density pair up in order).
-"""
+HELP = (
+    "Merge models (every mergekit method; a mergekit YAML config runs unchanged), streamed tensor by tensor.\n\n"
+    "Methods: linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, "
+    "della_linear, model_stock, slerp, nuslerp, multislerp, karcher, sce, ram, ramplus_tl, nearswap, arcee_fusion, "
+    "passthrough, expo. `slices:` stacks layers; `tokenizer_source: union` merges vocabularies. Flags override "
+    "the recipe (--model/--weight/--density pair up in order). --dry-run on Hub repos reads only safetensors headers."
+)
 
 
 def _parse_params(items: list[str]) -> dict[str, object]:
@@ -59,11 +61,13 @@ def merge(
     base: Annotated[str | None, typer.Option("--base", help="Base model (folder or org/name[@rev]).")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="A model to merge; repeat.")] = None,
     weight: Annotated[list[float] | None, typer.Option("--weight", help="Weight per --model, in order.")] = None,
-    density: Annotated[list[float] | None, typer.Option("--density", help="Density per --model (TIES/DARE).")] = None,
+    density: Annotated[
+        list[float] | None, typer.Option("--density", help="Density per --model (TIES, DARE, DELLA...).")
+    ] = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Global parameter KEY=VALUE, e.g. lambda=0.8, t=0.5.")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for DARE's random drop.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for random methods (DARE, DELLA).")] = None,
     dtype: DtypeOpt = None,
     dry_run: DryRun = False,
     overwrite: Overwrite = False,

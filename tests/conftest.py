@@ -136,6 +136,33 @@ def extra_row_pair(zoo_dir: Path) -> dict[str, Path]:
     return {"sft": save(sft, zoo_dir / "row_sft"), "dpo": save(dpo, zoo_dir / "row_dpo")}
 
 
+def llama(layers: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def deep_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An 8-layer base and three fine-tunes of it (mergekit's 40-layer examples, scaled)."""
+    root = tmp_path_factory.mktemp("deep")
+    base = llama(8)
+    out = {"base": save(base, root / "base")}
+    for i in (1, 2, 3):
+        out[f"m{i}"] = save(perturbed(base, seed=10 + i), root / f"m{i}")
+    return out
+
+
 @pytest.fixture
 def load_state() -> Callable[[Path], dict[str, torch.Tensor]]:
     """Every tensor of a saved checkpoint, read with safetensors directly (independent of modelops' reader)."""

@@ -8,43 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import logits_of, perturbed, save
+from conftest import llama, logits_of, save
+from merge_reference import gradient, layer_of, ties_by_hand
 
 from modelops.merge import merge, recipe_from_dict
 
 IDS = torch.tensor([[1, 5, 9, 33, 17, 4, 60]])
-
-
-def _llama(layers: int, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def deep_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """An 8-layer base and three fine-tunes of it (the shape of mergekit's published TIES example, scaled)."""
-    root = tmp_path_factory.mktemp("deep")
-    base = _llama(8)
-    out = {"base": save(base, root / "base")}
-    for i in (1, 2, 3):
-        out[f"m{i}"] = save(perturbed(base, seed=10 + i), root / f"m{i}")
-    return out
-
-
-def _layer(name: str) -> int | None:
-    parts = name.split(".")
-    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" else None
 
 
 def test_frankenmerge_stacks_and_renumbers_layers(deep_family, load_state, tmp_path: Path) -> None:
@@ -61,8 +30,8 @@ def test_frankenmerge_stacks_and_renumbers_layers(deep_family, load_state, tmp_p
     out = tmp_path / "stacked"
     merge(recipe_from_dict(recipe), out)
     got, a, b = load_state(out), load_state(deep_family["m1"]), load_state(deep_family["m2"])
-    want = {k: v for k, v in a.items() if _layer(k) is None and "embed" in k}
-    want |= {k: v for k, v in b.items() if _layer(k) is None and "embed" not in k}
+    want = {k: v for k, v in a.items() if layer_of(k) is None and "embed" in k}
+    want |= {k: v for k, v in b.items() if layer_of(k) is None and "embed" not in k}
     for k in range(10):
         src, layer = (a, k) if k < 5 else (b, k - 5 + 3)
         prefix = f"model.layers.{layer}."
@@ -74,7 +43,7 @@ def test_frankenmerge_stacks_and_renumbers_layers(deep_family, load_state, tmp_p
     # transformers builds the 10-layer model from the config and computes the same logits as the hand-made state
     from transformers import AutoModelForCausalLM
 
-    ref = _llama(10)
+    ref = llama(10)
     ref.load_state_dict(want)
     assert torch.allclose(logits_of(out, IDS), ref(IDS).logits, atol=1e-5)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -94,27 +63,6 @@ def test_passthrough_scale_damps_one_slice(deep_family, load_state, tmp_path: Pa
     assert torch.equal(got["model.layers.3.mlp.up_proj.weight"], a["model.layers.3.mlp.up_proj.weight"])
     assert torch.equal(got["model.layers.4.mlp.up_proj.weight"], a["model.layers.2.mlp.up_proj.weight"] * 0.5)
     assert torch.equal(got["lm_head.weight"], a["lm_head.weight"] * 0.5)  # the last slice's model and scale
-
-
-def _ties_by_hand(base: torch.Tensor, tensors: list, weights: list, densities: list) -> torch.Tensor:
-    """TIES in float64 with mergekit's counting (keep int(density·n) by |δ|), + elected on a zero sum."""
-    b = base.double()
-    deltas = []
-    for t, d in zip(tensors, densities, strict=True):
-        delta = (t.double() - b).reshape(-1)
-        keep = torch.zeros_like(delta)
-        if d >= 1:
-            keep[:] = 1
-        else:
-            keep[torch.argsort(delta.abs(), descending=True)[: int(d * delta.numel())]] = 1
-        deltas.append(delta * keep)
-    w = torch.tensor(weights, dtype=torch.float64).view(-1, 1)
-    stacked = torch.stack(deltas) * w
-    sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).double()
-    agree = (torch.sign(stacked) == sign).double()
-    div = (w * agree).sum(0)
-    div[div == 0] = 1
-    return b + ((stacked * agree).sum(0) / div).reshape(base.shape)
 
 
 def test_mergekit_ties_example_gradients_follow_depth_rules(deep_family, load_state, tmp_path: Path) -> None:
@@ -138,22 +86,16 @@ def test_mergekit_ties_example_gradients_follow_depth_rules(deep_family, load_st
     got = load_state(tmp_path / "ties")
     base, ms = load_state(deep_family["base"]), [load_state(deep_family[f"m{i}"]) for i in (1, 2, 3)]
 
-    def grad(values: list[float], t: float) -> float:
-        x = t * (len(values) - 1)
-        i = int(x)
-        j = min(i + 1, len(values) - 1)
-        return values[i] * (1 - (x - i)) + values[j] * (x - i)
-
     for name, value in got.items():
-        layer = _layer(name)
+        layer = layer_of(name)
         t = layer / 7 if layer is not None else 0.0
-        densities = [grad([1, 0.7, 0.1], t), 0.5, 0.33]
-        weights = [1.0, grad([0, 0.3, 0.7, 1], t), 0.5 if "mlp" in name else 0.0]
-        want = _ties_by_hand(base[name], [m[name] for m in ms], weights, densities)
+        densities = [gradient([1, 0.7, 0.1], t), 0.5, 0.33]
+        weights = [1.0, gradient([0, 0.3, 0.7, 1], t), 0.5 if "mlp" in name else 0.0]
+        want = ties_by_hand(base[name], [m[name] for m in ms], weights, densities)
         assert torch.allclose(value.double(), want, atol=1e-6), name
     # depth 0 outside the layers: m2's weight gradient gives 0 there, so the head is m1's TIES-trimmed delta alone
     head_w = [1.0, 0.0, 0.0]
-    want_head = _ties_by_hand(base["lm_head.weight"], [m["lm_head.weight"] for m in ms], head_w, [1.0, 0.5, 0.33])
+    want_head = ties_by_hand(base["lm_head.weight"], [m["lm_head.weight"] for m in ms], head_w, [1.0, 0.5, 0.33])
     assert torch.allclose(got["lm_head.weight"].double(), want_head, atol=1e-6)
 
 

@@ -14,7 +14,7 @@ from modelops.merge.methods.sparsify import bernoulli, magnitude
 from modelops.merge.methods.spherical import slerp
 from modelops.merge.methods.task_vectors import merge_task_vectors, task_arithmetic, ties
 from modelops.merge.methods.weighted import expo, linear
-from modelops.merge.registry import REGISTRY, MergeMethod, lookup
+from modelops.merge.registry import REGISTRY, MergeMethod, Param, lookup
 
 __all__ = [
     "REGISTRY",
@@ -26,6 +26,7 @@ __all__ = [
     "magnitude",
     "merge_task_vectors",
     "method_names",
+    "methods_table",
     "slerp",
     "spherical",
     "stock",
@@ -44,3 +45,21 @@ def get_method(name: str) -> MergeMethod:
 
 def method_names() -> list[str]:
     return sorted({m.name for m in REGISTRY.values()})
+
+
+def methods_table() -> str:
+    """The Markdown table of every method (base model, parameters with mergekit's defaults, paper) for the docs."""
+    rows = [
+        "| method | base model | per-model parameters | global parameters | reference |",
+        "|---|---|---|---|---|",
+    ]
+
+    def shown(p: Param) -> str:
+        return f"`{p.name}` (required)" if p.required else f"`{p.name}` = {p.default}"
+
+    for name in method_names():
+        m = REGISTRY[name]
+        per_model = ", ".join(shown(p) for p in m.params if p.per_model) or "–"
+        common = ", ".join(shown(p) for p in m.params if not p.per_model) or "–"
+        rows.append(f"| `{m.name}` | {m.base} | {per_model} | {common} | [{m.paper}]({m.paper_url}) |")
+    return "\n".join(rows)
