@@ -181,3 +181,20 @@ def test_bf16_output_reports_the_update_that_survives(bf16_pair, load_state, tmp
     full = merge(expo_recipe(str(bf16_pair["sft"]), str(bf16_pair["dpo"]), 0.1, dtype="float32"), tmp_path / "f32")
     assert full.survival is None and load_state(tmp_path / "f32")["lm_head.weight"].dtype == torch.float32
     assert json.loads((tmp_path / "f32" / "config.json").read_text()).get("dtype") == "float32"
+
+
+@pytest.mark.parametrize("method", ["nuslerp", "multislerp", "karcher"])
+def test_methods_with_an_optional_base_take_config_from_the_base(method, llama_family, tmp_path: Path) -> None:
+    """As mergekit: when a base is given its config and tokenizer files are the output's; else the first model's."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(llama_family["base"], base)
+    cfg = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**cfg, "modelops_test_marker": "base"}))
+    params = {} if method == "karcher" else {"parameters": {"weight": 0.5}}  # karcher weighs inputs equally
+    models = [{"model": str(llama_family[k]), **params} for k in ("ft1", "ft2")]
+    merge(recipe_from_dict({"merge_method": method, "base_model": str(base), "models": models}), tmp_path / "o")
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["modelops_test_marker"] == "base"
+    merge(recipe_from_dict({"merge_method": method, "models": models}), tmp_path / "o2")
+    assert "modelops_test_marker" not in json.loads((tmp_path / "o2" / "config.json").read_text())
