@@ -115,7 +115,8 @@ def timed(cmd: list[str]) -> dict[str, float]:
     return {"seconds": float(wall), "peak_rss": int(kb) * 1024}
 
 
-def run_size(root: Path, layers: int, mergekit_bin: Path | None) -> dict[str, dict[str, dict[str, float]]]:
+def run_size(root: Path, layers: int, mergekit_bin: Path | None) -> tuple[int, dict[str, dict[str, dict[str, float]]]]:
+    """(parameters per model, {method: {tool: {seconds, peak_rss}}}) for one model depth."""
     folder = root / f"family-{layers}"
     t0 = time.perf_counter()
     dirs = make_family(folder, layers)
@@ -138,8 +139,7 @@ def run_size(root: Path, layers: int, mergekit_bin: Path | None) -> dict[str, di
             r = results[method][tool]
             print(f"  {method:12s} {tool:9s} {r['seconds']:8.1f} s  {r['peak_rss'] / 1e9:6.2f} GB peak RSS", flush=True)
     shutil.rmtree(folder)
-    results["_params"] = {"params": {"seconds": params, "peak_rss": 0}}
-    return results
+    return params, results
 
 
 def main() -> None:
@@ -157,8 +157,8 @@ def main() -> None:
         "\n| model | method | modelops wall | modelops peak RSS | mergekit wall | mergekit peak RSS | wall ratio | RSS ratio |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for layers, res in rows.items():
-        size = f"{res['_params']['params']['seconds'] / 1e9:.2f}B"
+    for params, res in rows.values():
+        size = f"{params / 1e9:.2f}B"
         for method in RECIPES:
             ours, theirs = res[method]["modelops"], res[method].get("mergekit")
             cells = [f"{ours['seconds']:.1f} s", f"{ours['peak_rss'] / 1e9:.2f} GB"]
@@ -174,7 +174,7 @@ def main() -> None:
     sizes = sorted(rows)
     if len(sizes) > 1:
         for method in RECIPES:
-            lo, hi = (rows[n][method]["modelops"]["peak_rss"] for n in (sizes[0], sizes[-1]))
+            lo, hi = (rows[n][1][method]["modelops"]["peak_rss"] for n in (sizes[0], sizes[-1]))
             print(f"modelops {method} peak RSS from {sizes[0]} to {sizes[-1]} layers: {(hi - lo) / 1e6:+.0f} MB")
 
 
