@@ -84,14 +84,14 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         yield Hub(server=server, home=root / "client-home")
 
 
-def tiny_llama(path: Path, seed: int) -> Path:
+def tiny_llama(path: Path, seed: int, vocab: int = 64) -> Path:
     """A from-config Llama with hidden size 16 (a few KB of weights), saved with safetensors."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=64,
+        vocab_size=vocab,
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=2,

@@ -3,35 +3,15 @@ any weight is downloaded. Checked against the test Hub server, which records eve
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hub_fixtures import hub, one_line, tiny_llama  # noqa: F401
-
-
-def _llama_with_vocab(path: Path, vocab: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(3)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def hub_models(hub, tmp_path_factory) -> dict[str, str]:  # noqa: F811
     root = tmp_path_factory.mktemp("dry")
     repos = {"base": tiny_llama(root / "base", 1), "ft": tiny_llama(root / "ft", 2)}
-    repos["wide"] = _llama_with_vocab(root / "wide", 80)
+    repos["wide"] = tiny_llama(root / "wide", 3, vocab=80)
     for name, folder in repos.items():
         r = hub.modelops("push", str(folder), f"org/dry-{name}", "-q")
         assert r.returncode == 0, r.stderr

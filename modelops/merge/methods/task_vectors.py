@@ -235,102 +235,44 @@ def _della(job: TensorJob) -> Keeper:
     return _whole(job, lambda d, i: sparsify.della_keep(d, pm["density"][i], pm["epsilon"][i], job.generator(i)))
 
 
-@register(
-    "task_arithmetic",
-    elementwise=True,
-    base="required",
-    params=_params(False, False),
-    summary="base + λ Σ w_i (θ_i − base)",
-    paper=TA[0],
-    paper_url=TA[1],
-)
-def _task_arithmetic(job: TensorJob) -> torch.Tensor:
-    return _gta(job, None, consensus=False)
+@dataclass(frozen=True)
+class Variant:
+    """One task-vector method: its sparsifier, whether signs are elected, and mergekit's defaults."""
+
+    name: str
+    sparsifier: Callable[[TensorJob], Keeper] | None
+    consensus: bool
+    normalize: bool
+    rescale: bool
+    paper: tuple[str, str]
+    summary: str
+    extra: tuple[Param, ...] = ()
 
 
-@register(
-    "ties",
-    base="required",
-    params=_params(True, False),
-    summary="trim task vectors to top-density magnitudes, elect signs, disjoint mean",
-    paper=TIES[0],
-    paper_url=TIES[1],
-)
-def _ties(job: TensorJob) -> torch.Tensor:
-    return _gta(job, _magnitude(job), consensus=True)
+VARIANTS = (
+    Variant("task_arithmetic", None, False, False, False, TA, "base + λ Σ w_i (θ_i − base)"),
+    Variant("ties", _magnitude, True, True, False, TIES, "trim task vectors to top-density magnitudes, elect signs, disjoint mean"),
+    Variant("dare_linear", _bernoulli, False, False, True, DARE, "random drop of task-vector entries, L1 rescale, then task arithmetic (seeded)"),
+    Variant("dare_ties", _bernoulli, True, False, True, DARE, "random drop of task-vector entries, L1 rescale, then TIES sign election (seeded)"),
+    Variant("breadcrumbs", _outliers, False, False, False, BREADCRUMBS, "drop the largest (gamma) and smallest task-vector entries, keep density, then task arithmetic", (GAMMA,)),
+    Variant("breadcrumbs_ties", _outliers, True, False, False, BREADCRUMBS, "Model Breadcrumbs sparsification with TIES sign election", (GAMMA,)),
+    Variant("della", _della, True, True, True, DELLA, "rank-based random drop (density ± epsilon per row), L1 rescale, TIES sign election (seeded)", (EPSILON,)),
+    Variant("della_linear", _della, False, False, True, DELLA, "rank-based random drop (density ± epsilon per row), L1 rescale, then task arithmetic (seeded)", (EPSILON,)),
+)  # fmt: skip
 
 
-@register(
-    "dare_linear",
-    base="required",
-    random=True,
-    params=_params(False, True),
-    summary="random drop of task-vector entries, L1 rescale, then task arithmetic (seeded)",
-    paper=DARE[0],
-    paper_url=DARE[1],
-)
-def _dare_linear(job: TensorJob) -> torch.Tensor:
-    return _gta(job, _bernoulli(job), consensus=False)
+def _method(v: Variant) -> Callable[[TensorJob], torch.Tensor]:
+    return lambda job: _gta(job, v.sparsifier(job) if v.sparsifier else None, consensus=v.consensus)
 
 
-@register(
-    "dare_ties",
-    base="required",
-    random=True,
-    params=_params(False, True),
-    summary="random drop of task-vector entries, L1 rescale, then TIES sign election (seeded)",
-    paper=DARE[0],
-    paper_url=DARE[1],
-)
-def _dare_ties(job: TensorJob) -> torch.Tensor:
-    return _gta(job, _bernoulli(job), consensus=True)
-
-
-@register(
-    "breadcrumbs",
-    base="required",
-    params=_params(False, False, GAMMA),
-    summary="drop the largest (gamma) and smallest task-vector entries, keep density, then task arithmetic",
-    paper=BREADCRUMBS[0],
-    paper_url=BREADCRUMBS[1],
-)
-def _breadcrumbs(job: TensorJob) -> torch.Tensor:
-    return _gta(job, _outliers(job), consensus=False)
-
-
-@register(
-    "breadcrumbs_ties",
-    base="required",
-    params=_params(False, False, GAMMA),
-    summary="Model Breadcrumbs sparsification with TIES sign election",
-    paper=BREADCRUMBS[0],
-    paper_url=BREADCRUMBS[1],
-)
-def _breadcrumbs_ties(job: TensorJob) -> torch.Tensor:
-    return _gta(job, _outliers(job), consensus=True)
-
-
-@register(
-    "della",
-    base="required",
-    random=True,
-    params=_params(True, True, EPSILON),
-    summary="rank-based random drop (density ± epsilon per row), L1 rescale, TIES sign election (seeded)",
-    paper=DELLA[0],
-    paper_url=DELLA[1],
-)
-def _della_ties(job: TensorJob) -> torch.Tensor:
-    return _gta(job, _della(job), consensus=True)
-
-
-@register(
-    "della_linear",
-    base="required",
-    random=True,
-    params=_params(False, True, EPSILON),
-    summary="rank-based random drop (density ± epsilon per row), L1 rescale, then task arithmetic (seeded)",
-    paper=DELLA[0],
-    paper_url=DELLA[1],
-)
-def _della_linear(job: TensorJob) -> torch.Tensor:
-    return _gta(job, _della(job), consensus=False)
+for _v in VARIANTS:
+    register(
+        _v.name,
+        base="required",
+        elementwise=_v.sparsifier is None,
+        random=_v.sparsifier in (_bernoulli, _della),
+        params=_params(_v.normalize, _v.rescale, *_v.extra),
+        summary=_v.summary,
+        paper=_v.paper[0],
+        paper_url=_v.paper[1],
+    )(_method(_v))
