@@ -115,7 +115,9 @@ def timed(cmd: list[str]) -> dict[str, float]:
     return {"seconds": float(wall), "peak_rss": int(kb) * 1024}
 
 
-def run_size(root: Path, layers: int, mergekit_bin: Path | None) -> tuple[int, dict[str, dict[str, dict[str, float]]]]:
+def run_size(
+    root: Path, layers: int, mergekit_bin: Path | None, methods: list[str]
+) -> tuple[int, dict[str, dict[str, dict[str, float]]]]:
     """(parameters per model, {method: {tool: {seconds, peak_rss}}}) for one model depth."""
     folder = root / f"family-{layers}"
     t0 = time.perf_counter()
@@ -124,7 +126,8 @@ def run_size(root: Path, layers: int, mergekit_bin: Path | None) -> tuple[int, d
     print(f"# {layers} layers: {params / 1e9:.2f}B params per model, made in {time.perf_counter() - t0:.0f} s")
     modelops = str(Path(sys.executable).parent / "modelops")
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for method, text in RECIPES.items():
+    for method in methods:
+        text = RECIPES[method]
         recipe = folder / f"{method}.yaml"
         recipe.write_text(text.format(**{k: str(v) for k, v in dirs.items()}))
         results[method] = {}
@@ -147,10 +150,12 @@ def main() -> None:
     ap.add_argument("--layers", default="2,16", help="model depths to run (hidden 2048: 2 → 0.23B, 16 → 0.95B)")
     ap.add_argument("--mergekit", type=Path, default=None, help="bin folder of an environment with mergekit")
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--methods", default=",".join(RECIPES), help=f"which merges to run ({', '.join(RECIPES)})")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-merge-", dir=args.dir))
     try:
-        rows = {int(n): run_size(root, int(n), args.mergekit) for n in args.layers.split(",")}
+        methods = args.methods.split(",")
+        rows = {int(n): run_size(root, int(n), args.mergekit, methods) for n in args.layers.split(",")}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(
@@ -159,7 +164,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for params, res in rows.values():
         size = f"{params / 1e9:.2f}B"
-        for method in RECIPES:
+        for method in methods:
             ours, theirs = res[method]["modelops"], res[method].get("mergekit")
             cells = [f"{ours['seconds']:.1f} s", f"{ours['peak_rss'] / 1e9:.2f} GB"]
             if theirs:
@@ -173,7 +178,7 @@ def main() -> None:
             print(f"| {size} | {method} | " + " | ".join(cells) + " |")
     sizes = sorted(rows)
     if len(sizes) > 1:
-        for method in RECIPES:
+        for method in methods:
             lo, hi = (rows[n][1][method]["modelops"]["peak_rss"] for n in (sizes[0], sizes[-1]))
             print(f"modelops {method} peak RSS from {sizes[0]} to {sizes[-1]} layers: {(hi - lo) / 1e6:+.0f} MB")
 

@@ -34,8 +34,8 @@ def model_stock(base: torch.Tensor, tensors: list[torch.Tensor], *, filter_wise:
     """t = N·cosθ / (1 + (N−1)·cosθ) with cosθ the mean pairwise cosine of the task vectors (whole tensor, or per
     row with `filter_wise`); result t·mean(θ_i) + (1−t)·θ_base. Needs at least two models besides the base.
 
-    Works in row blocks: the whole-tensor cosines are accumulated block by block first, so no float32 copy of a
-    whole task vector is ever held.
+    Works in row blocks: one pass accumulates the whole-tensor cosines and writes the models' mean into the output
+    buffer, a second finishes each block with t; no float32 copy of a whole task vector is ever held.
     """
     n = len(tensors)
     if n < 2:
@@ -50,22 +50,24 @@ def model_stock(base: torch.Tensor, tensors: list[torch.Tensor], *, filter_wise:
         return out.reshape(shape)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     squares, dots = [0.0] * n, dict.fromkeys(pairs, 0.0)
-    for sl in row_slices(rows.shape[0], rows.shape[1]):
+    for sl in row_slices(rows.shape[0], rows.shape[1]):  # pass 1: cosine sums, and the models' mean into `out`
         b = rows[sl].float()
         offsets = [(t[sl].float() - b).reshape(-1) for t in ts]
         for i, a in enumerate(offsets):
             squares[i] += float(torch.dot(a, a))  # float32 block sums, added up in float64
         for i, j in pairs:
             dots[(i, j)] += float(torch.dot(offsets[i], offsets[j]))
+        mean = out[sl]
+        mean.copy_(ts[0][sl])
+        for w in ts[1:]:
+            mean.add_(w[sl])
+        mean.div_(n)
     cos = sum(
         max(-1.0, min(1.0, dots[(i, j)] / max(math.sqrt(squares[i] * squares[j]), 1e-6))) for i, j in pairs
     ) / len(pairs)
     t = _interpolation(torch.tensor(cos, dtype=torch.float32), n)
-    for sl in row_slices(rows.shape[0], rows.shape[1]):
-        mean = ts[0][sl].to(torch.float32, copy=True)
-        for w in ts[1:]:
-            mean.add_(w[sl])
-        out[sl] = mean.div_(n).mul_(t).add_(rows[sl].to(torch.float32, copy=True).mul_(1 - t))
+    for sl in row_slices(rows.shape[0], rows.shape[1]):  # pass 2: t·mean + (1 − t)·base
+        out[sl].mul_(t).add_(rows[sl].to(torch.float32, copy=True).mul_(1 - t))
     return out.reshape(shape)
 
 
