@@ -52,16 +52,17 @@ def model_stock(base: torch.Tensor, tensors: list[torch.Tensor], *, filter_wise:
     squares, dots = [0.0] * n, dict.fromkeys(pairs, 0.0)
     for sl in row_slices(rows.shape[0], rows.shape[1]):  # pass 1: cosine sums, and the models' mean into `out`
         b = rows[sl].float()
-        offsets = [(t[sl].float() - b).reshape(-1) for t in ts]
+        xs = [t[sl].to(torch.float32, copy=True) for t in ts]  # each input block converted once
+        mean = out[sl]
+        mean.copy_(xs[0])
+        for x in xs[1:]:
+            mean.add_(x)
+        mean.div_(n)
+        offsets = [x.sub_(b).reshape(-1) for x in xs]
         for i, a in enumerate(offsets):
             squares[i] += float(torch.dot(a, a))  # float32 block sums, added up in float64
         for i, j in pairs:
             dots[(i, j)] += float(torch.dot(offsets[i], offsets[j]))
-        mean = out[sl]
-        mean.copy_(ts[0][sl])
-        for w in ts[1:]:
-            mean.add_(w[sl])
-        mean.div_(n)
     cos = sum(
         max(-1.0, min(1.0, dots[(i, j)] / max(math.sqrt(squares[i] * squares[j]), 1e-6))) for i, j in pairs
     ) / len(pairs)
