@@ -14,6 +14,7 @@ from typing import Any
 
 from modelops.checkpoint import Checkpoint
 from modelops.errors import CheckpointError
+from modelops.merge.recipe import OutputSlice
 
 _LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|layer)\.)(?P<index>\d+)(?P<suffix>\..+)$")
 _PRE = ("embed", "wte", "wpe", "word_embeddings")
@@ -101,7 +102,7 @@ def whole_model_sources(
 
 
 def sliced_sources(
-    slices: list[Any], base_for: list[str | None], checkpoints: dict[str, Checkpoint], reference: Checkpoint
+    slices: list[OutputSlice], base_for: list[str | None], checkpoints: dict[str, Checkpoint], reference: Checkpoint
 ) -> tuple[list[TensorSources], list[tuple[str, int]]]:
     """`slices:` recipes: the output tensors in order, and for each output layer the (model, layer) it came from."""
     indexes = {spec: layer_index(ck) for spec, ck in checkpoints.items()}
@@ -150,7 +151,7 @@ def _prefix_of(index: dict[int, list[tuple[str, str]]], model: str, layer: int) 
     return parts[0][0]
 
 
-def _outside(name: str, s: Any, base: str | None) -> TensorSources:
+def _outside(name: str, s: OutputSlice, base: str | None) -> TensorSources:
     """A tensor outside the layers, from one slice's sources (mergekit: embeddings first slice, head last)."""
     base_t = SourceTensor(base, name) if base else None
     srcs = tuple(SourceTensor(src.model, name, src.parameters) for src in s.sources if src.model != base)
