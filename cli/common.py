@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,9 @@ Threads = Annotated[
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder (atomically).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; write nothing.")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run of the same command, keeping its finished shards.")
+]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; written atomically).")]
 DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="Output dtype: float32, bfloat16 or float16 (default: as the input).")
@@ -35,8 +39,16 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    from modelops.errors import Interrupted
+
+    raise Interrupted("Terminated; nothing was written to the output folder.", 143)
+
+
 def setup(quiet: bool, threads: int | None = None) -> None:
-    """Logging to stderr (warnings always, info unless quiet) and the torch thread count."""
+    """Logging to stderr (warnings always, info unless quiet), the torch thread count, and SIGTERM handled like
+    Ctrl-C (what a pre-empted job receives), so finished work is kept and the exit status is 143."""
+    signal.signal(signal.SIGTERM, _terminated)
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock"):
@@ -66,9 +78,9 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(1) from None
         except BrokenPipeError:  # output piped into `head` etc.: not an error of ours
             raise typer.Exit(0) from None
-        except KeyboardInterrupt:
-            err("Interrupted; nothing was written to the output folder.")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            err(getattr(exc, "message", "Interrupted; nothing was written to the output folder."))
+            raise typer.Exit(getattr(exc, "code", 130)) from None
         except (OSError, MemoryError) as exc:
             if os.environ.get("MODELOPS_DEBUG"):
                 raise
@@ -141,6 +153,8 @@ class CountProgress(_Bar):
 def print_merge_result(result: Any) -> None:
     """One summary line on stdout."""
     survival = f", ExPO update kept {result.survival:.1%}" if result.survival is not None else ""
+    resumed = getattr(result, "resumed_shards", 0)
+    survival += f" ({resumed} shard(s) kept from the interrupted run)" if resumed else ""
     typer.echo(
         f"Wrote {result.tensors} tensors ({human_bytes(result.bytes_written)}) in "
         f"{sum(f.endswith('.safetensors') for f in result.files)} shard(s) to {result.out} "

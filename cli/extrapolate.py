@@ -15,6 +15,7 @@ from modelops.cli.common import (
     Overwrite,
     Quiet,
     RecipeOpt,
+    Resume,
     ShardSize,
     Threads,
     err,
@@ -63,6 +64,7 @@ def extrapolate(
     recipe: RecipeOpt = None,
     dtype: DtypeOpt = None,
     dry_run: DryRun = False,
+    resume: Resume = False,
     overwrite: Overwrite = False,
     shard_size: ShardSize = "5GB",
     allow_pickle: AllowPickle = False,
@@ -140,6 +142,7 @@ def extrapolate(
             device=pick_device(device),
             progress=bar,
             shard_size=shard_size,
+            resume=resume,
             provenance={"operation": "extrapolate"},
             metrics=metrics,
         )

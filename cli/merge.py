@@ -15,6 +15,7 @@ from modelops.cli.common import (
     Overwrite,
     Quiet,
     RecipeOpt,
+    Resume,
     ShardSize,
     Threads,
     handle_errors,
@@ -70,6 +71,7 @@ def merge(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for random methods (DARE, DELLA).")] = None,
     dtype: DtypeOpt = None,
     dry_run: DryRun = False,
+    resume: Resume = False,
     overwrite: Overwrite = False,
     shard_size: ShardSize = "5GB",
     allow_pickle: AllowPickle = False,
@@ -130,6 +132,7 @@ def merge(
             device=pick_device(device),
             progress=bar,
             shard_size=shard_size,
+            resume=resume,
             provenance={"operation": "merge"},
         )
     print_merge_result(result)

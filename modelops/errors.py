@@ -29,3 +29,11 @@ class OutputError(ModelopsError):
 
 class NumericsError(ModelopsError):
     """A NaN or inf appeared in a tensor."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by Ctrl-C (exit 130) or SIGTERM (exit 143); the message says what was kept and how to go on."""
+
+    def __init__(self, message: str = "Interrupted.", code: int = 130) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code

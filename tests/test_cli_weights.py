@@ -270,8 +270,8 @@ def test_killed_mid_write_leaves_no_complete_looking_output(llama_family, tmp_pa
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9
     assert not out.exists()
-    leftovers = [p for p in tmp_path.iterdir() if ".modelops-tmp-" in p.name]
-    assert leftovers  # the partial work is in a hidden temp folder, clearly not a checkpoint
+    leftovers = [p for p in tmp_path.iterdir() if ".modelops-partial" in p.name]
+    assert leftovers  # the partial work is in a hidden folder, clearly not a checkpoint
     res = run(
         "merge",
         "--method",
@@ -287,7 +287,7 @@ def test_killed_mid_write_leaves_no_complete_looking_output(llama_family, tmp_pa
         "-q",
     )
     assert res.exit_code == 0, res.output
-    assert [p for p in tmp_path.iterdir() if ".modelops-tmp-" in p.name] == []
+    assert [p for p in tmp_path.iterdir() if ".modelops-" in p.name] == []  # started over: nothing left behind
 
 
 def test_bad_push_options_are_refused_before_any_work(llama_family, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -153,11 +154,17 @@ class CheckpointWriter:
         *,
         max_shard_size: int | str = "5GB",
         metadata: dict[str, str] | None = None,
+        done: set[str] | frozenset[str] = frozenset(),
+        on_shard: Callable[[str], None] | None = None,
     ) -> None:
+        """`done`: shard files already complete in `folder` (a resumed run), skipped; `on_shard(file)` is called
+        once each new shard is closed and fsynced."""
         self.folder = folder
         self.shards = plan_shards(specs, max_shard_size)
         self.metadata = {"format": "pt", **(metadata or {})}
-        self._queue = [(fname, s) for fname, ss in self.shards.items() for s in ss]
+        self._all = [(fname, s) for fname, ss in self.shards.items() for s in ss]
+        self._queue = [(fname, s) for fname, s in self._all if fname not in done]
+        self._on_shard = on_shard
         self._pos = 0
         self._current: _ShardFile | None = None
         self._current_name: str | None = None
@@ -169,14 +176,13 @@ class CheckpointWriter:
 
     @property
     def total_bytes(self) -> int:
-        return sum(s.nbytes for _, s in self._queue)
+        return sum(s.nbytes for _, s in self._all)
 
     def write(self, name: str, tensor: torch.Tensor, *, part: bool = False) -> None:
         """Append the next tensor in plan order, whole or (part=True) as consecutive blocks of rows."""
         fname, _ = self._queue[self._pos]
         if fname != self._current_name:
-            if self._current is not None:
-                self._current.finish()
+            self._close_current()
             self._current = _ShardFile(self.folder / fname, self.shards[fname], self.metadata)
             self._current_name = fname
         assert self._current is not None
@@ -184,16 +190,22 @@ class CheckpointWriter:
         self._current.write(name, tensor, part=part)
         self._pos += self._current.tensors_done - before
 
+    def _close_current(self) -> None:
+        if self._current is not None:
+            self._current.finish()
+            if self._on_shard is not None and self._current_name is not None:
+                self._on_shard(self._current_name)
+            self._current = None
+
     def finish(self) -> list[str]:
         if self._pos != len(self._queue):
             raise RuntimeError(f"writer closed after {self._pos} of {len(self._queue)} tensors")
-        if self._current is not None:
-            self._current.finish()
+        self._close_current()
         files = list(self.shards)
         if len(files) > 1:
             index = {
                 "metadata": {"total_size": self.total_bytes},
-                "weight_map": {s.name: fname for fname, s in sorted(self._queue, key=lambda x: x[1].name)},
+                "weight_map": {s.name: fname for fname, s in sorted(self._all, key=lambda x: x[1].name)},
             }
             (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             files.append(SAFETENSORS_INDEX)

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from modelops.checkpoint.output import TMP_MARK
+from modelops.checkpoint.resume import PARTIAL_MARK
 from modelops.errors import OutputError, RecipeError
 
 logger = logging.getLogger(__name__)
@@ -243,10 +244,12 @@ def method_info(method: str) -> tuple[str, str, str, str]:
 
 
 def output_name(folder: Path) -> str:
-    """The output folder's name, also while it is still the hidden temp folder `.NAME.modelops-tmp-PID-XXXX`."""
+    """The output folder's name, also while it is still a hidden temp folder (`.NAME.modelops-tmp-PID-XXXX`, or
+    `.NAME.modelops-partial` for resumable weight outputs)."""
     name = folder.resolve().name
-    if TMP_MARK in name:
-        name = name[: name.index(TMP_MARK)].removeprefix(".")
+    for mark in (TMP_MARK, PARTIAL_MARK):
+        if mark in name:
+            name = name[: name.index(mark)].removeprefix(".")
     return name
 
 

@@ -14,11 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelops.checkpoint.output import TMP_MARK
+from modelops.checkpoint.resume import PARTIAL_MARK
 from modelops.errors import CheckpointError, OutputError
 
 logger = logging.getLogger(__name__)
 
-STRAY_PATTERNS = (f"*{TMP_MARK}*", "*.tmp", "*.lock", "__pycache__", "*.pyc", ".DS_Store", "*.incomplete")
+STRAY_PATTERNS = (
+    f"*{TMP_MARK}*",
+    f"*{PARTIAL_MARK}*",
+    "*.tmp",
+    "*.lock",
+    "__pycache__",
+    "*.pyc",
+    ".DS_Store",
+    "*.incomplete",
+)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".msgpack", ".h5")
 TEXT_SCAN_LIMIT = 50_000_000  # bytes: larger non-weight files are not scanned for leaks
 # A Hugging Face token shape, and absolute paths that only make sense on the machine that wrote them.

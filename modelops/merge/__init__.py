@@ -53,7 +53,11 @@ def merge(
     shard_size: int | str = "5GB",
     device: str = "cpu",
     provenance: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> MergeResult:
-    """Plan (headers only, full validation) then stream the merge into `out`."""
+    """Plan (headers only, full validation) then stream the merge into `out`; `resume` continues an interrupted
+    run of the same plan, keeping its finished shards."""
     plan = build_plan(recipe, out=Path(out), overwrite=overwrite, allow_pickle=allow_pickle, shard_size=shard_size)
-    return run_merge(plan, Path(out), overwrite=overwrite, device=device, shard_size=shard_size, provenance=provenance)
+    return run_merge(
+        plan, Path(out), overwrite=overwrite, device=device, shard_size=shard_size, provenance=provenance, resume=resume
+    )

@@ -5,7 +5,9 @@ Peak memory is the handful of tensors of one step plus the runtime, whatever the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import math
 import time
@@ -16,14 +18,16 @@ from typing import Any
 
 import torch
 
-from modelops.checkpoint import AtomicOutput, CheckpointWriter, copy_support_files
+from modelops import __version__
+from modelops.checkpoint import CheckpointWriter, copy_support_files, plan_shards
+from modelops.checkpoint.resume import ResumableOutput
 from modelops.errors import NumericsError, RecipeError
 from modelops.merge.layers import SourceTensor
 from modelops.merge.params import resolve
 from modelops.merge.plan import MergePlan, TensorPlan
 from modelops.merge.registry import Param, TensorJob
 from modelops.merge.vocab import save_tokenizer
-from modelops.provenance import input_record, peak_rss_bytes, write_recipe_file
+from modelops.provenance import fingerprint_sha256, input_record, peak_rss_bytes, write_recipe_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class MergeResult:
     files: list[str]
     survival: float | None = None
     warnings: list[str] = field(default_factory=list)
+    resumed_shards: int = 0  # shards kept from an interrupted run (--resume)
 
 
 def row_blocks(shape: tuple[int, ...], block_elems: int, split_at: int | None = None) -> list[tuple[int, int] | None]:
@@ -172,19 +177,34 @@ def run_merge(
     provenance: dict[str, Any] | None = None,
     block_elems: int = 1 << 22,
     metrics: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> MergeResult:
     """Execute the plan into `out` atomically; returns what was written and what it cost.
 
     Elementwise methods stream large tensors in blocks of `block_elems` entries (16 MB of float32), so peak
-    memory does not depend on the size of the largest tensor either.
+    memory does not depend on the size of the largest tensor either. Finished shards are recorded as they close;
+    with `resume`, an interrupted run of the same plan keeps them and computes only the rest (same bytes).
     """
     start = time.perf_counter()
     dev = torch.device(device)
     survival = UpdateSurvival() if plan.method.name == "expo" else None
     specs = [tp.out for tp in plan.tensors.values()]
     out_dtypes = {s.dtype: getattr(torch, s.dtype) for s in specs}
-    with AtomicOutput(out, overwrite=overwrite) as tmp:
-        writer = CheckpointWriter(tmp, specs, max_shard_size=shard_size)
+    output = ResumableOutput(out, plan_key=plan_key(plan, shard_size), resume=resume, overwrite=overwrite)
+    with output as tmp:
+        resumed = len(output.done)
+        if survival is not None and "survival" in output.extra:
+            survival.dot, survival.norm2 = output.extra["survival"]
+
+        def shard_closed(name: str) -> None:
+            output.record(name, {"survival": [survival.dot, survival.norm2]} if survival is not None else None)
+
+        writer = CheckpointWriter(tmp, specs, max_shard_size=shard_size, done=set(output.done), on_shard=shard_closed)
+        todo = {s.name for s in writer.order}
+        if progress is not None:
+            for spec in specs:
+                if spec.name not in todo:
+                    progress(spec.name, spec.nbytes)  # kept from the interrupted run
         try:
             for spec in writer.order:
                 tp = plan.tensors[spec.name]
@@ -236,7 +256,23 @@ def run_merge(
         files=files,
         survival=fraction,
         warnings=warnings,
+        resumed_shards=resumed,
     )
+
+
+def plan_key(plan: MergePlan, shard_size: int | str) -> str:
+    """What a resumed run must share with the interrupted one: recipe, inputs' contents, layout, modelops version."""
+    layout = {
+        fname: [[s.name, list(s.shape), s.dtype] for s in group]
+        for fname, group in plan_shards([tp.out for tp in plan.tensors.values()], shard_size).items()
+    }
+    key = {
+        "recipe": plan.recipe.to_dict(),
+        "inputs": {spec: fingerprint_sha256(ck) for spec, ck in plan.checkpoints.items()},
+        "layout": layout,
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _write_card(folder: Path) -> None:
