@@ -13,6 +13,7 @@ from modelops.cli.common import (
     OutDir,
     Overwrite,
     Quiet,
+    Resume,
     ShardSize,
     Threads,
     handle_errors,
@@ -45,6 +46,7 @@ def apply_lora(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
     shard_size: ShardSize = "5GB",
     dry_run: DryRun = False,
+    resume: Resume = False,
     overwrite: Overwrite = False,
     threads: Threads = 1,
     quiet: Quiet = False,
@@ -66,7 +68,15 @@ def apply_lora(
         typer.echo(plan.describe())
         return
     with ByteProgress(plan.total_bytes, "apply-lora", quiet) as bar:
-        r = run_apply(plan, out, overwrite=overwrite, device=pick_device(device), shard_size=shard_size, progress=bar)
+        r = run_apply(
+            plan,
+            out,
+            overwrite=overwrite,
+            device=pick_device(device),
+            shard_size=shard_size,
+            progress=bar,
+            resume=resume,
+        )
     typer.echo(
         f"Wrote {r.tensors} tensors ({r.changed} changed by the adapter, {human_bytes(r.bytes_written)}) in "
         f"{sum(f.endswith('.safetensors') for f in r.files)} shard(s) to {r.out} in {r.seconds:.1f} s, "

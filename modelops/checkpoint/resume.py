@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from modelops.checkpoint.output import AtomicOutput, _pid_alive
+from modelops.checkpoint.writer import TensorSpec, plan_shards
 from modelops.errors import Interrupted, OutputError
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,19 @@ logger = logging.getLogger(__name__)
 PARTIAL_MARK = ".modelops-partial"
 STATE_FILE = "resume.json"
 LOCK_FILE = "owner.pid"
+
+
+def plan_key(parts: dict[str, Any], specs: list[TensorSpec], shard_size: int | str) -> str:
+    """A hash of what a resumed run must share with the interrupted one: the caller's `parts` (recipe, input
+    fingerprints...), the shard layout of `specs`, and the modelops version (the math may change between them)."""
+    from modelops import __version__
+
+    layout = {
+        fname: [[s.name, list(s.shape), s.dtype] for s in group]
+        for fname, group in plan_shards(specs, shard_size).items()
+    }
+    key = {**parts, "layout": layout, "version": __version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def partial_folder(target: Path) -> Path:

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from modelops.checkpoint import (
-    AtomicOutput,
     Checkpoint,
     CheckpointWriter,
     TensorSpec,
@@ -27,9 +26,10 @@ from modelops.checkpoint import (
     copy_support_files,
     resolve_source,
 )
+from modelops.checkpoint.resume import ResumableOutput, plan_key
 from modelops.errors import CheckpointError, SourceError
 from modelops.lora.targets import PEFT_PREFIX, module_map
-from modelops.provenance import input_record, peak_rss_bytes, write_recipe_file
+from modelops.provenance import fingerprint_sha256, input_record, peak_rss_bytes, write_recipe_file
 
 logger = logging.getLogger(__name__)
 
@@ -231,13 +231,21 @@ def run_apply(
     device: str = "cpu",
     shard_size: int | str = "5GB",
     progress: Callable[[str, int], None] | None = None,
+    resume: bool = False,
 ) -> ApplyResult:
-    """Write base + adapter into `out` atomically, tensor by tensor, with config, tokenizer, recipe and card."""
+    """Write base + adapter into `out` atomically, tensor by tensor, with config, tokenizer, recipe and card.
+
+    Finished shards are recorded as they close; `resume` keeps those of an interrupted run of the same inputs."""
     start = time.perf_counter()
     dev = torch.device(device)
     specs = plan.specs()
-    with AtomicOutput(out, overwrite=overwrite) as tmp:
-        writer = CheckpointWriter(tmp, specs, max_shard_size=shard_size)
+    parts = {
+        "apply-lora": [fingerprint_sha256(plan.base), fingerprint_sha256(plan.adapter)],
+        "dtype": plan.dtype,
+    }
+    output = ResumableOutput(out, plan_key=plan_key(parts, specs, shard_size), resume=resume, overwrite=overwrite)
+    with output as tmp:
+        writer = CheckpointWriter(tmp, specs, max_shard_size=shard_size, done=set(output.done), on_shard=output.record)
         try:
             for spec in writer.order:
                 t = merged_tensor(plan, spec.name, dev)

@@ -5,9 +5,7 @@ Peak memory is the handful of tensors of one step plus the runtime, whatever the
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import logging
 import math
 import time
@@ -18,9 +16,8 @@ from typing import Any
 
 import torch
 
-from modelops import __version__
-from modelops.checkpoint import CheckpointWriter, copy_support_files, plan_shards
-from modelops.checkpoint.resume import ResumableOutput
+from modelops.checkpoint import CheckpointWriter, copy_support_files
+from modelops.checkpoint.resume import ResumableOutput, plan_key
 from modelops.errors import NumericsError, RecipeError
 from modelops.merge.layers import SourceTensor
 from modelops.merge.params import resolve
@@ -190,7 +187,7 @@ def run_merge(
     survival = UpdateSurvival() if plan.method.name == "expo" else None
     specs = [tp.out for tp in plan.tensors.values()]
     out_dtypes = {s.dtype: getattr(torch, s.dtype) for s in specs}
-    output = ResumableOutput(out, plan_key=plan_key(plan, shard_size), resume=resume, overwrite=overwrite)
+    output = ResumableOutput(out, plan_key=merge_key(plan, shard_size), resume=resume, overwrite=overwrite)
     with output as tmp:
         resumed = len(output.done)
         if survival is not None and "survival" in output.extra:
@@ -260,19 +257,11 @@ def run_merge(
     )
 
 
-def plan_key(plan: MergePlan, shard_size: int | str) -> str:
-    """What a resumed run must share with the interrupted one: recipe, inputs' contents, layout, modelops version."""
-    layout = {
-        fname: [[s.name, list(s.shape), s.dtype] for s in group]
-        for fname, group in plan_shards([tp.out for tp in plan.tensors.values()], shard_size).items()
-    }
-    key = {
-        "recipe": plan.recipe.to_dict(),
-        "inputs": {spec: fingerprint_sha256(ck) for spec, ck in plan.checkpoints.items()},
-        "layout": layout,
-        "version": __version__,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+def merge_key(plan: MergePlan, shard_size: int | str) -> str:
+    """What a resumed merge must share with the interrupted one: the recipe and the inputs' contents."""
+    inputs = {spec: fingerprint_sha256(ck) for spec, ck in plan.checkpoints.items()}
+    specs = [tp.out for tp in plan.tensors.values()]
+    return plan_key({"recipe": plan.recipe.to_dict(), "inputs": inputs}, specs, shard_size)
 
 
 def _write_card(folder: Path) -> None:

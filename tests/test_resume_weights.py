@@ -139,3 +139,23 @@ def test_library_resume_flag(llama_family, tmp_path) -> None:
     )
     merge(recipe, tmp_path / "o", resume=True)
     assert (tmp_path / "o" / "model.safetensors").is_file()
+
+
+def test_apply_lora_resumes_to_identical_bytes(llama_family, tmp_path) -> None:
+    """apply-lora writes a whole model: killed after two shards, --resume finishes it with the same bytes."""
+    adapter = tmp_path / "adapter"
+    made = CliRunner().invoke(
+        app,
+        ["extract-lora", "--base", str(llama_family["base"]), "--tuned", str(llama_family["ft1"]), "--out",
+         str(adapter), "--rank", "4", "-q"],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    args = ["apply-lora", "--base", str(llama_family["base"]), "--adapter", str(adapter), "--shard-size", "20KB", "-q"]
+    whole = tmp_path / "a" / "applied"
+    assert CliRunner().invoke(app, [*args, "--out", str(whole)]).exit_code == 0
+    out = tmp_path / "b" / "applied"
+    out.parent.mkdir()
+    assert _run_until([*args, "--out", str(out)], "KILL", after_shards=2).returncode == -9
+    res = CliRunner().invoke(app, [*args, "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert _files(out) == _files(whole)
