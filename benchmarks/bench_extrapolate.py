@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from synthetic import llama_shapes, warm
 
 NAIVE = r"""
 import resource, sys, time, json, glob, os
@@ -69,18 +70,7 @@ def make_pair(folder: Path, size_gb: float, *, hidden: int = 2048, shards: int =
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     fixed = 2 * vocab * hidden + hidden
     layers = max(1, int((size_gb * 1e9 / 2 - fixed) / per_layer))
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[p + f"self_attn.{n}.weight"] = (hidden, hidden)
-        shapes[p + "mlp.gate_proj.weight"] = (inter, hidden)
-        shapes[p + "mlp.up_proj.weight"] = (inter, hidden)
-        shapes[p + "mlp.down_proj.weight"] = (hidden, inter)
-        shapes[p + "input_layernorm.weight"] = (hidden,)
-        shapes[p + "post_attention_layernorm.weight"] = (hidden,)
-    shapes["model.norm.weight"] = (hidden,)
-    shapes["lm_head.weight"] = (vocab, hidden)
+    shapes = llama_shapes(layers, hidden, vocab)
     names = list(shapes)
     groups = [names[i::shards] for i in range(shards)]
     g = torch.Generator().manual_seed(0)
@@ -102,13 +92,6 @@ def make_pair(folder: Path, size_gb: float, *, hidden: int = 2048, shards: int =
         (d / "model.safetensors.index.json").write_text(index)
         (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     return dirs
-
-
-def warm(folder: Path) -> None:
-    for f in folder.glob("*"):
-        with open(f, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
 
 
 def run(code: str, *args: str) -> dict[str, float]:

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from synthetic import llama_shapes, warm
 
-HIDDEN, INTER, VOCAB, HEADS = 2048, 5632, 32000, 16
+HIDDEN, VOCAB, HEADS = 2048, 32000, 16
+INTER = HIDDEN * 11 // 4  # as in synthetic.llama_shapes
 RECIPES = {
     "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n"
     + "".join(f"  - model: {{m{i}}}\n    parameters: {{{{weight: 1.0, density: 0.5}}}}\n" for i in (1, 2, 3))
@@ -52,25 +54,9 @@ def llama_config(layers: int) -> dict[str, object]:
     }
 
 
-def shapes_for(layers: int) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[p + f"self_attn.{n}.weight"] = (HIDDEN, HIDDEN)
-        shapes[p + "mlp.gate_proj.weight"] = (INTER, HIDDEN)
-        shapes[p + "mlp.up_proj.weight"] = (INTER, HIDDEN)
-        shapes[p + "mlp.down_proj.weight"] = (HIDDEN, INTER)
-        shapes[p + "input_layernorm.weight"] = (HIDDEN,)
-        shapes[p + "post_attention_layernorm.weight"] = (HIDDEN,)
-    shapes["model.norm.weight"] = (HIDDEN,)
-    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
-    return shapes
-
-
 def make_family(folder: Path, layers: int, shards: int = 4) -> dict[str, Path]:
     """base + m1..m3 (base + 0.002 noise), sharded bf16 safetensors with an index and a real Llama config."""
-    shapes = shapes_for(layers)
+    shapes = llama_shapes(layers, HIDDEN, VOCAB)
     names = list(shapes)
     groups = [names[i::shards] for i in range(shards)]
     dirs = {k: folder / k for k in ("base", "m1", "m2", "m3")}
@@ -97,13 +83,6 @@ def make_family(folder: Path, layers: int, shards: int = 4) -> dict[str, Path]:
     return dirs
 
 
-def warm(folder: Path) -> None:
-    for f in folder.rglob("*.safetensors"):
-        with open(f, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
-
-
 def timed(cmd: list[str]) -> dict[str, float]:
     """Wall seconds and peak RSS (bytes) of one process, from /usr/bin/time."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -122,7 +101,7 @@ def run_size(
     folder = root / f"family-{layers}"
     t0 = time.perf_counter()
     dirs = make_family(folder, layers)
-    params = sum(torch.Size(s).numel() for s in shapes_for(layers).values())
+    params = sum(torch.Size(s).numel() for s in llama_shapes(layers, HIDDEN, VOCAB).values())
     print(f"# {layers} layers: {params / 1e9:.2f}B params per model, made in {time.perf_counter() - t0:.0f} s")
     modelops = str(Path(sys.executable).parent / "modelops")
     results: dict[str, dict[str, dict[str, float]]] = {}

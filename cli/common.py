@@ -153,10 +153,9 @@ class CountProgress(_Bar):
 def print_merge_result(result: Any) -> None:
     """One summary line on stdout."""
     survival = f", ExPO update kept {result.survival:.1%}" if result.survival is not None else ""
-    resumed = getattr(result, "resumed_shards", 0)
-    survival += f" ({resumed} shard(s) kept from the interrupted run)" if resumed else ""
+    kept = f" ({result.resumed_shards} shard(s) kept from the interrupted run)" if result.resumed_shards else ""
     typer.echo(
         f"Wrote {result.tensors} tensors ({human_bytes(result.bytes_written)}) in "
         f"{sum(f.endswith('.safetensors') for f in result.files)} shard(s) to {result.out} "
-        f"in {result.seconds:.1f} s, peak RSS {human_bytes(result.peak_rss)}{survival}"
+        f"in {result.seconds:.1f} s, peak RSS {human_bytes(result.peak_rss)}{survival}{kept}"
     )

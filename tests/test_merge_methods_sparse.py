@@ -399,3 +399,28 @@ def test_della_ranks_along_dimension_one_for_higher_rank_tensors() -> None:
     want = torch.bernoulli(probs, generator=torch.Generator().manual_seed(4))
     got = della_magprune(delta, 0.5, 0.3, torch.Generator().manual_seed(4), rescale=False)
     assert torch.equal(got != 0, want.bool())
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 1000])
+def test_streamed_top_k_equals_a_stable_sort_with_ties_kept_in_index_order(block_rows: int) -> None:
+    """TIES' keep-mask from the block-streamed radix selection: exactly the first int(density·n) entries of a
+    stable descending sort of |δ| (bf16-rounded values, so many equal magnitudes straddle the cut)."""
+    from modelops.merge.methods.sparsify import magnitude_keep_blocks
+
+    g = torch.Generator().manual_seed(block_rows)
+    for trial in range(40):
+        rows, cols = int(torch.randint(1, 40, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
+        mags = torch.randn(rows, cols, generator=g).bfloat16().float().abs()
+        if trial % 3 == 0:
+            mags[: rows // 2] = 0.0
+        density = float(torch.rand(1, generator=g))
+        got = magnitude_keep_blocks(
+            lambda m=mags, n=rows: (m[i : i + block_rows] for i in range(0, n, block_rows)), (rows, cols), density
+        )
+        k = int(density * mags.numel())
+        want = torch.zeros(mags.numel(), dtype=torch.bool)
+        want[torch.sort(mags.reshape(-1), descending=True, stable=True).indices[:k]] = True
+        if density >= 1.0:
+            assert got is None
+        else:
+            assert torch.equal(got.reshape(-1), want), (trial, k)

@@ -119,36 +119,37 @@ def sliced_sources(
         for offset in range(s.length):
             t = depth(offset, s.length)
             src_layer = first_src.layer_range[0] + offset
-            parts = indexes[first_src.model].get(src_layer)
-            if not parts:
-                raise CheckpointError(
-                    f"{first_src.model} has no layer {src_layer} (slice layer_range {list(first_src.layer_range)})"
-                )
+            suffixes = [suffix for _, suffix in _layer_parts(indexes, first_src.model, src_layer)]
+            # each source's tensor-name prefix for its layer at this offset (one layer stack per model)
+            names = [
+                (src, _layer_parts(indexes, src.model, src.layer_range[0] + offset)[0][0], src.layer_range[0] + offset)
+                for src in s.sources
+            ]
+            base_outside = base is not None and all(src.model != base for src in s.sources)
+            base_prefix = _layer_parts(indexes, base, src_layer)[0][0] if base_outside else ""
             k = len(origin)
             origin.append((first_src.model, src_layer))
-            for _, suffix in parts:
+            for suffix in suffixes:
                 base_t, srcs = None, []
-                for src in s.sources:
-                    layer = src.layer_range[0] + offset
-                    prefix = _prefix_of(indexes[src.model], src.model, layer)
+                for src, prefix, layer in names:
                     st = SourceTensor(src.model, f"{prefix}{layer}{suffix}", src.parameters)
                     if base is not None and src.model == base and base_t is None:
                         base_t = st
                     else:
                         srcs.append(st)
-                if base is not None and base_t is None:  # a base outside the sources: its layer at the same depth
-                    layer = src_layer
-                    base_t = SourceTensor(base, f"{_prefix_of(indexes[base], base, layer)}{layer}{suffix}")
+                if base_outside:  # a base outside the sources: its layer at the same depth
+                    base_t = SourceTensor(base, f"{base_prefix}{src_layer}{suffix}")
                 tensors.append(TensorSources(f"{out_prefix}{k}{suffix}", t, base_t, tuple(srcs), s.parameters))
     tensors += [_outside(n, last_slice, base_for[-1]) for n in outside if not is_pre_weight(n)]
     return tensors, origin
 
 
-def _prefix_of(index: dict[int, list[tuple[str, str]]], model: str, layer: int) -> str:
-    parts = index.get(layer)
+def _layer_parts(indexes: dict[str, dict[int, list[tuple[str, str]]]], model: str, layer: int) -> list[tuple[str, str]]:
+    """(prefix, suffix) of every tensor of one layer of one model, or one line saying the layer is missing."""
+    parts = indexes[model].get(layer)
     if not parts:
         raise CheckpointError(f"{model} has no layer {layer}; check the slice's layer_range")
-    return parts[0][0]
+    return parts
 
 
 def _outside(name: str, s: OutputSlice, base: str | None) -> TensorSources:
@@ -171,12 +172,12 @@ def per_layer_config(
     key = "num_hidden_layers" if "num_hidden_layers" in cfg or "n_layer" not in cfg else "n_layer"
     updates: dict[str, Any] = {key: len(origin)}
     ref_n = num_layers(reference)
+    configs = {model: checkpoints[model].config or {} for model, _ in origin}  # each config.json read once
     for name, value in cfg.items():
         if isinstance(value, list) and ref_n > 1 and len(value) == ref_n:
             rebuilt = []
             for model, layer in origin:
-                src_cfg = checkpoints[model].config or {}
-                src_list = src_cfg.get(name)
+                src_list = configs[model].get(name)
                 if not isinstance(src_list, list) or layer >= len(src_list):
                     raise CheckpointError(f"config {name!r} of {model} has no entry for layer {layer}")
                 rebuilt.append(src_list[layer])

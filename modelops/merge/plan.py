@@ -43,7 +43,6 @@ class MergePlan:
     reference: Checkpoint
     tensors: dict[str, TensorPlan]
     shards: dict[str, list[TensorSpec]]
-    num_layers: int | None
     warnings: list[str] = field(default_factory=list)
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)  # recipe spec -> opened input
     config_updates: dict[str, Any] = field(default_factory=dict)  # written into the output's config.json
@@ -155,9 +154,8 @@ def build_plan(
     warnings: list[str] = []
     plans = {ts.name: _plan_tensor(ts, reference, checkpoints, method, recipe.dtype, warnings, vocab) for ts in sources}
     shards = plan_shards([p.out for p in plans.values()], shard_size)
-    num_layers = config_updates.get("num_hidden_layers") or layers.num_layers(reference) or None
     return MergePlan(
-        recipe, method, base, models, reference, plans, shards, num_layers, warnings, checkpoints, config_updates, vocab
+        recipe, method, base, models, reference, plans, shards, warnings, checkpoints, config_updates, vocab
     )
 
 

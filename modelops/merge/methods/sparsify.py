@@ -32,32 +32,11 @@ def apply_keep(delta: torch.Tensor, keep: torch.Tensor | None, scale: torch.Tens
     return out if scale is None else out.mul_(scale)
 
 
-def top_k_mask(mags: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of exactly k entries with the largest values; among equal values at the cut, the first ones.
-
-    A selection (kthvalue) instead of a full sort: 5x faster on a 65M-entry embedding, and no int64 index copy.
-    """
-    n = mags.numel()
-    if k <= 0:
-        return torch.zeros_like(mags, dtype=torch.bool)
-    if k >= n:
-        return torch.ones_like(mags, dtype=torch.bool)
-    flat = mags.reshape(-1)
-    cut = flat.kthvalue(n - k + 1).values
-    keep = flat > cut
-    short = k - int(keep.sum())
-    if short > 0:
-        keep[(flat == cut).nonzero().flatten()[:short]] = True
-    return keep.view(mags.shape)
-
-
 def magnitude_keep(delta: torch.Tensor, density: float) -> torch.Tensor | None:
-    """TIES trim: the int(density·n) entries of largest |δ| (Yadav et al., arXiv 2306.01708)."""
-    if not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be in [0, 1], got {density}")
-    if density >= 1.0:
-        return None
-    return top_k_mask(delta.abs(), int(density * delta.numel()))
+    """TIES trim: the int(density·n) entries of largest |δ| (Yadav et al., arXiv 2306.01708), the first ones
+    among equal values at the cut."""
+    mags = delta.abs()
+    return magnitude_keep_blocks(lambda: iter([mags]), tuple(delta.shape), density)
 
 
 def outliers_keep(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor | None:
@@ -147,6 +126,8 @@ def kth_largest(blocks: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[t
     """
     high = torch.zeros(1 << 16, dtype=torch.int64)
     for blk in blocks():
+        if blk.dtype != torch.float32:
+            raise TypeError(f"kth_largest reads float32 bits; got {blk.dtype}")
         high += torch.bincount((blk.reshape(-1).view(torch.int32) >> 16).cpu(), minlength=1 << 16)
     above_bucket = high.flip(0).cumsum(0)  # values in buckets ≥ b, b counted from the top
     top = int(torch.searchsorted(above_bucket, k))  # first bucket (from the top) that reaches k
@@ -166,8 +147,8 @@ def kth_largest(blocks: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[t
 def magnitude_keep_blocks(
     magnitudes: Callable[[], Iterator[torch.Tensor]], shape: tuple[int, ...], density: float
 ) -> torch.Tensor | None:
-    """`magnitude_keep` for a δ seen only block by block (|δ| row blocks of a (rows, cols) view, in order): the
-    same mask, with ties at the cut kept in index order, without a whole float32 copy of |δ|."""
+    """`magnitude_keep` for a δ seen block by block (|δ| row blocks of a (rows, cols) view, in order; one block for
+    a whole tensor): ties at the cut kept in index order, and no whole float32 copy of |δ| is made."""
     if not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be in [0, 1], got {density}")
     if density >= 1.0:
