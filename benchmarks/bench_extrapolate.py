@@ -50,7 +50,7 @@ def hwm():
 import torch
 torch.set_num_threads(1)
 t0 = time.perf_counter()
-from modelops.merge import expo_recipe, merge
+from modelops.api import expo_recipe, merge
 merge(expo_recipe(sys.argv[1], sys.argv[2], float(sys.argv[4])), sys.argv[3], shard_size="2GB")
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss": hwm()}))
 """
@@ -59,7 +59,7 @@ BASELINE = r"""
 import resource, json, torch
 def hwm():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-from modelops.merge import expo_recipe, merge
+from modelops.api import expo_recipe, merge
 print(json.dumps({"peak_rss": hwm()}))
 """
 

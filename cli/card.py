@@ -28,8 +28,8 @@ def card(
     Never touches the network. --dry-run prints the card instead of writing it.
     """
     setup(quiet)
+    from modelops import api
     from modelops.errors import OutputError
-    from modelops.hub.card import build_model_card, write_model_card
 
     if not folder.is_dir():
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
@@ -40,11 +40,11 @@ def card(
         except OSError as exc:
             raise OutputError(f"{extra_text}: cannot read the extra text ({exc.strerror})") from None
     if dry_run:
-        typer.echo(str(build_model_card(folder, template=template, extra_text=extra)))
+        typer.echo(str(api.build_card(folder, template=template, extra_text=extra)))
         return
-    path = write_model_card(folder, template=template, extra_text=extra)
+    path = api.write_card(folder, template=template, extra_text=extra)
     typer.echo(f"Wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("card", help=card.__doc__)(card)
+    app.command("card", help=card.__doc__, short_help="(Re)write a folder's model card, offline.")(card)

@@ -32,6 +32,7 @@ ShardSize = Annotated[str, typer.Option("--shard-size", help="Largest shard file
 AllowPickle = Annotated[
     bool, typer.Option("--allow-pickle", help="Accept .bin pickle weights (loaded with weights_only=True).")
 ]
+Device = Annotated[str, typer.Option("--device", help="Where the math runs: cpu, cuda, cuda:N or auto.")]
 RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="YAML recipe; flags given here override it.")]
 
 

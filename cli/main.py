@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import typer
 
-from modelops import __version__
+from modelops.version import __version__
 from modelops.cli import apply_lora, card, demo, extract_lora, extrapolate, fuse_decode, merge, push, zoo
 from modelops.cli import eval as eval_cli
 
+
+
+def _flags_as_switches() -> None:
+    """typer prints a `<bool>` type after every flag; a switch takes no value, so its row shows none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_as_switches()
 app = typer.Typer(
     name="modelops",
     help="LLM model surgery and weak-to-strong transfer: ExPO, merges, LoRA extraction, fused decoding.",

@@ -9,17 +9,30 @@ from __future__ import annotations
 import hashlib
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modelops import __version__
+from modelops.version import __version__
 
 if TYPE_CHECKING:
     from modelops.checkpoint import Checkpoint
 
 RECIPE_FILE = "modelops_recipe.yaml"
+
+
+@dataclass(frozen=True)
+class MethodDescription:
+    """What a method is and which paper it follows: written once where the method lives (the merge registry, the
+    LoRA operations) and handed to whoever describes an output (model cards), which never looks it up itself."""
+
+    name: str
+    title: str
+    summary: str = ""
+    paper: str = ""
+    paper_url: str = ""
 
 
 def public_spec(spec: str) -> str:

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 from modelops.cli.main import app
-from modelops.hub.card import write_model_card
+from modelops.api import write_card as write_model_card
 
 
 def _recipe(operation: str, inputs: list[dict], **top) -> dict:

@@ -10,7 +10,8 @@ import torch
 import yaml
 from conftest import logits_of, logits_with_state
 
-from modelops.merge import expo_recipe, merge, recipe_from_dict
+from modelops.api import expo_recipe, merge
+from modelops.merge import recipe_from_dict
 
 IDS = torch.tensor([[1, 5, 9, 33, 17, 4, 60], [1, 2, 3, 4, 5, 6, 7]])
 

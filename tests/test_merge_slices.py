@@ -11,7 +11,8 @@ import torch
 from conftest import llama, logits_of, save
 from merge_reference import gradient, layer_of, ties_by_hand
 
-from modelops.merge import merge, recipe_from_dict
+from modelops.api import merge
+from modelops.merge import recipe_from_dict
 
 IDS = torch.tensor([[1, 5, 9, 33, 17, 4, 60]])
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelops.merge import merge, recipe_from_dict
+from modelops.api import merge
+from modelops.merge import recipe_from_dict
 
 VOCAB_A = ["<pad>", "<eos>", "a", "b", "c", "d"]
 VOCAB_B = ["<pad>", "<eos>", "b", "a", "e", "f"]  # shares a, b (other ids), lacks c, d, adds e, f

@@ -10,7 +10,8 @@ import pytest
 import torch
 from merge_reference import arcee_by_hand, gradient, layer_of, slerp_by_hand, ties_by_hand
 
-from modelops.merge import load_recipe, merge
+from modelops.api import merge
+from modelops.merge import load_recipe
 
 EXAMPLES = {
     "linear": """

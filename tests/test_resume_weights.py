@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from modelops.cli.main import app
-from modelops.merge import merge, recipe_from_dict
+from modelops.api import merge
+from modelops.merge import recipe_from_dict
 
 
 def _args(family: dict[str, Path], out: Path, weight: str = "0.7") -> list[str]:

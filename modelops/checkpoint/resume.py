@@ -32,7 +32,7 @@ LOCK_FILE = "owner.pid"
 def plan_key(parts: dict[str, Any], specs: list[TensorSpec], shard_size: int | str) -> str:
     """A hash of what a resumed run must share with the interrupted one: the caller's `parts` (recipe, input
     fingerprints...), the shard layout of `specs`, and the modelops version (the math may change between them)."""
-    from modelops import __version__
+    from modelops.version import __version__
 
     layout = {
         fname: [[s.name, list(s.shape), s.dtype] for s in group]

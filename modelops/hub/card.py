@@ -20,6 +20,7 @@ import yaml
 from modelops.checkpoint.output import TMP_MARK
 from modelops.checkpoint.resume import PARTIAL_MARK
 from modelops.errors import OutputError, RecipeError
+from modelops.provenance import MethodDescription
 
 logger = logging.getLogger(__name__)
 
@@ -27,47 +28,6 @@ RECIPE_FILE = "modelops_recipe.yaml"
 CARD_FILE = "README.md"
 PROJECT_URL = "https://github.com/modelops/modelops"  # used when the package metadata is not installed
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-# Methods that are not weight merges (or a fallback when the merge registry cannot be imported):
-# name -> (title, summary, paper, paper url). Papers as listed at the top of METHODS.md.
-OPERATIONS: dict[str, tuple[str, str, str, str]] = {
-    "expo": (
-        "ExPO (model extrapolation)",
-        "θ_dpo + α(θ_dpo − θ_sft): extrapolate an aligned model away from its SFT starting point",
-        "Zheng et al., Weak-to-Strong Extrapolation Expedites Alignment",
-        "https://arxiv.org/abs/2404.16792",
-    ),
-    "task_arithmetic": (
-        "Task arithmetic",
-        "base + Σ λ_i (θ_i − base)",
-        "Ilharco et al., Editing Models with Task Arithmetic",
-        "https://arxiv.org/abs/2212.04089",
-    ),
-    "ties": (
-        "TIES merging",
-        "trim task vectors, elect signs, disjoint mean",
-        "Yadav et al., TIES-Merging",
-        "https://arxiv.org/abs/2306.01708",
-    ),
-    "dare_ties": (
-        "DARE + TIES",
-        "random drop + rescale of task vectors, then TIES",
-        "Yu et al., Language Models are Super Mario (DARE)",
-        "https://arxiv.org/abs/2311.03099",
-    ),
-    "extract-lora": (
-        "LoRA extraction",
-        "truncated SVD of ΔW = W_tuned − W_base per linear layer, saved as a PEFT LoRA adapter",
-        "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models",
-        "https://arxiv.org/abs/2106.09685",
-    ),
-    "apply-lora": (
-        "LoRA merged into the base",
-        "W = W_base + (α/r)·B·A for every adapted layer",
-        "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models",
-        "https://arxiv.org/abs/2106.09685",
-    ),
-}
 
 DEFAULT_TEMPLATE = """---
 {{ card_data }}
@@ -124,16 +84,22 @@ Reproduce with `modelops {{ "merge" if is_merge else operation }} --recipe {{ re
 
 
 def write_model_card(
-    folder: Path, *, template: Path | None = None, extra_text: str | None = None, dry_run: bool = False
+    folder: Path,
+    *,
+    method: MethodDescription | None = None,
+    template: Path | None = None,
+    extra_text: str | None = None,
+    dry_run: bool = False,
 ) -> Path:
     """Write `folder/README.md` from `folder/modelops_recipe.yaml`, offline; return the card's path.
 
+    `method` says what the method is and which paper it follows (the caller knows; the hub does not look it up).
     `template` is a Jinja file rendered by `ModelCard.from_template` (it gets `card_data`, `default_body` and
     every field of the default body); without front matter, the metadata block is put on top. `extra_text` is
     appended as Markdown.
     """
     folder = Path(folder)
-    card = build_model_card(folder, template=template, extra_text=extra_text)
+    card = build_model_card(folder, method=method, template=template, extra_text=extra_text)
     path = folder / CARD_FILE
     if not dry_run:
         tmp = folder / f".{CARD_FILE}.modelops-tmp-{os.getpid()}"
@@ -143,7 +109,13 @@ def write_model_card(
     return path
 
 
-def build_model_card(folder: Path, *, template: Path | None = None, extra_text: str | None = None) -> Any:
+def build_model_card(
+    folder: Path,
+    *,
+    method: MethodDescription | None = None,
+    template: Path | None = None,
+    extra_text: str | None = None,
+) -> Any:
     """The `huggingface_hub.ModelCard` for `folder` (not written)."""
     from huggingface_hub import ModelCard
 
@@ -161,7 +133,7 @@ def build_model_card(folder: Path, *, template: Path | None = None, extra_text: 
     if not isinstance(recipe, dict):
         raise RecipeError(f"{recipe_path}: expected a mapping at the top level")
 
-    fields = card_fields(folder, recipe)
+    fields = card_fields(folder, recipe, method)
     fields["recipe_yaml"] = recipe_text if recipe_text.endswith("\n") else recipe_text + "\n"
     fields["extra_text"] = (extra_text or "").strip()
     card_data = _card_data(fields)
@@ -181,17 +153,17 @@ def build_model_card(folder: Path, *, template: Path | None = None, extra_text: 
         raise OutputError(f"{template or 'default template'}: cannot render the model card ({exc})") from None
 
 
-def card_fields(folder: Path, recipe: dict[str, Any]) -> dict[str, Any]:
-    """Everything the card says, derived from the recipe and the folder's files (pure, offline)."""
+def card_fields(folder: Path, recipe: dict[str, Any], method: MethodDescription | None = None) -> dict[str, Any]:
+    """Everything the card says, derived from the recipe, the folder's files and the method's description."""
     block = recipe.get("modelops") or {}
     operation = str(block.get("operation") or ("merge" if recipe.get("merge_method") else "unknown"))
-    method = str(recipe.get("merge_method") or operation)
+    name = str(recipe.get("merge_method") or operation)
     inputs = [i for i in block.get("inputs") or [] if isinstance(i, dict)]
     is_adapter = (folder / "adapter_config.json").is_file()
-    title, summary, paper, paper_url = method_info(method)
+    info = method or MethodDescription(name=name, title=name)
     relation = base_model_relation(operation, is_adapter, len(inputs))
     repo_ids = [_hub_id(i) for i in inputs if not (operation == "apply-lora" and i.get("role") == "adapter")]
-    tags = ["modelops", *(["merge"] if relation == "merge" else []), method]
+    tags = ["modelops", *(["merge"] if relation == "merge" else []), name]
     if is_adapter:
         tags += ["lora", "peft"]
     metrics = block.get("metrics") or {}
@@ -203,11 +175,11 @@ def card_fields(folder: Path, recipe: dict[str, Any]) -> dict[str, Any]:
         "version": block.get("version") or _version(),
         "operation": operation,
         "is_merge": bool(recipe.get("merge_method")),
-        "method": method,
-        "method_title": title,
-        "summary": summary,
-        "paper": paper,
-        "paper_url": paper_url,
+        "method": name,
+        "method_title": info.title,
+        "summary": info.summary,
+        "paper": info.paper,
+        "paper_url": info.paper_url,
         "inputs": inputs,
         "base_models": list(dict.fromkeys(r for r in repo_ids if r)),
         "base_model_relation": relation,
@@ -228,19 +200,6 @@ def base_model_relation(operation: str, is_adapter: bool, n_inputs: int) -> str:
     if operation == "apply-lora":
         return "finetune"
     return "merge" if n_inputs != 1 else "finetune"
-
-
-def method_info(method: str) -> tuple[str, str, str, str]:
-    """(title, summary, paper, url) from the merge registry, else the table above."""
-    if method in OPERATIONS:
-        return OPERATIONS[method]
-    try:
-        from modelops.merge.methods import get_method
-
-        m = get_method(method)
-        return m.name, m.summary, m.paper, m.paper_url
-    except Exception:  # unknown name or registry unavailable: the card still gets written
-        return method, "", "", ""
 
 
 def output_name(folder: Path) -> str:
@@ -315,6 +274,6 @@ def project_url() -> str:
 
 
 def _version() -> str:
-    from modelops import __version__
+    from modelops.version import __version__
 
     return __version__

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelops import __version__
+from modelops.version import __version__
 from modelops.errors import ModelopsError
 from modelops.hub.validate import FolderReport, validate_folder
 

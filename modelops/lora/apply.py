@@ -29,7 +29,15 @@ from modelops.checkpoint import (
 from modelops.checkpoint.resume import ResumableOutput, plan_key
 from modelops.errors import CheckpointError, SourceError
 from modelops.lora.targets import PEFT_PREFIX, module_map
-from modelops.provenance import fingerprint_sha256, input_record, peak_rss_bytes, write_recipe_file
+from modelops.provenance import MethodDescription, fingerprint_sha256, input_record, peak_rss_bytes, write_recipe_file
+
+DESCRIPTION = MethodDescription(
+    "apply-lora",
+    "LoRA merged into the base",
+    "W = W_base + (α/r)·B·A for every adapted layer",
+    "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models",
+    "https://arxiv.org/abs/2106.09685",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +240,10 @@ def run_apply(
     shard_size: int | str = "5GB",
     progress: Callable[[str, int], None] | None = None,
     resume: bool = False,
+    finish: Callable[[Path], None] | None = None,
 ) -> ApplyResult:
-    """Write base + adapter into `out` atomically, tensor by tensor, with config, tokenizer, recipe and card.
+    """Write base + adapter into `out` atomically, tensor by tensor, with config, tokenizer and recipe; `finish`
+    gets the complete folder just before it is published (the API writes the model card there).
 
     Finished shards are recorded as they close; `resume` keeps those of an interrupted run of the same inputs."""
     start = time.perf_counter()
@@ -262,6 +272,8 @@ def run_apply(
         floats = {s.dtype for s in specs if s.dtype.startswith(("float", "bfloat"))}
         copy_support_files(plan.base.folder, tmp, dtype=floats.pop() if len(floats) == 1 else None)
         _write_provenance(plan, tmp)
+        if finish is not None:
+            finish(tmp)
     plan.base.close()
     plan.adapter.close()
     return ApplyResult(
@@ -276,8 +288,6 @@ def run_apply(
 
 
 def _write_provenance(plan: ApplyPlan, folder: Path) -> None:
-    from modelops.hub.card import write_model_card
-
     c = plan.config
     recipe: dict[str, Any] = {
         "base_model": plan.base.source.spec,
@@ -289,4 +299,3 @@ def _write_provenance(plan: ApplyPlan, folder: Path) -> None:
     inputs = [input_record(plan.base, "base"), input_record(plan.adapter, "adapter")]
     metrics = {"tensors_changed": len(plan.updates), "tensors": len(plan.base.tensors)}
     write_recipe_file(folder, recipe, inputs, operation="apply-lora", metrics=metrics)
-    write_model_card(folder)

@@ -20,10 +20,18 @@ import torch
 
 from modelops.checkpoint import AtomicOutput, Checkpoint, CheckpointWriter, TensorSpec, check_output_location
 from modelops.errors import CheckpointError
-from modelops.lora.report import REPORT_FILE, ModuleRow, summarize
+from modelops.lora.report import REPORT_FILE, ModuleRow, render_table, summarize
 from modelops.lora.svd import factorize, relative_error
 from modelops.lora.targets import EMBED_KINDS, PEFT_PREFIX, Module, ModuleMap, module_map, select_modules
-from modelops.provenance import input_record, peak_rss_bytes, public_spec, write_recipe_file
+from modelops.provenance import MethodDescription, input_record, peak_rss_bytes, public_spec, write_recipe_file
+
+DESCRIPTION = MethodDescription(
+    "extract-lora",
+    "LoRA extraction",
+    "truncated SVD of ΔW = W_tuned − W_base per linear layer, saved as a PEFT LoRA adapter",
+    "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models",
+    "https://arxiv.org/abs/2106.09685",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +66,11 @@ class ExtractPlan:
     others: list[str]  # every other tensor: compared, reported, saved whole with --other full
     dtype: str
 
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of base weights the extraction reads per side (what the progress bar counts)."""
+        return sum(self.base.tensors[m.weight].nbytes for m in self.lora + self.embeds)
+
     def describe(self) -> str:
         o = self.options
         how = f"rank {o.rank}" if o.rank is not None else f"energy {o.energy} (max rank {o.max_rank})"
@@ -84,6 +97,10 @@ class ExtractResult:
     summary: dict[str, Any]
     files: list[str]
     warnings: list[str] = field(default_factory=list)
+
+    def table(self) -> Any:
+        """The per-module error table (a rich Table) that the CLI prints on stderr."""
+        return render_table(self.rows, self.summary)
 
 
 def plan_extraction(
@@ -129,8 +146,10 @@ def run_extraction(
     *,
     overwrite: bool = False,
     progress: Callable[[str, int], None] | None = None,
+    finish: Callable[[Path], None] | None = None,
 ) -> ExtractResult:
-    """Factorise every target, then write the adapter, its config, report, recipe and card atomically."""
+    """Factorise every target, then write the adapter, its config, report and recipe atomically; `finish` gets the
+    complete folder just before it is published (the API writes the model card there)."""
     from peft import LoraConfig
 
     start = time.perf_counter()
@@ -241,6 +260,8 @@ def run_extraction(
         report = {"summary": summary, "modules": [r.to_dict() for r in rows], "warnings": warnings}
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         _write_provenance(plan, tmp, summary)
+        if finish is not None:
+            finish(tmp)
     plan.base.close()
     plan.tuned.close()
     for w in warnings:
@@ -365,8 +386,6 @@ def _check_same_layout(base: Checkpoint, tuned: Checkpoint) -> None:
 
 
 def _write_provenance(plan: ExtractPlan, folder: Path, summary: dict[str, Any]) -> None:
-    from modelops.hub.card import write_model_card
-
     o = plan.options
     params: dict[str, Any] = {"modules": o.modules, "embeddings": o.embeddings, "other": o.other}
     params.update({"rank": o.rank} if o.rank is not None else {"energy": o.energy, "max_rank": o.max_rank})
@@ -379,4 +398,3 @@ def _write_provenance(plan: ExtractPlan, folder: Path, summary: dict[str, Any]) 
     inputs = [input_record(plan.base, "base"), input_record(plan.tuned, "tuned")]
     metrics = {k: summary[k] for k in ("modules", "mean_rel_error", "overall_rel_error", "energy_kept") if k in summary}
     write_recipe_file(folder, recipe, inputs, operation="extract-lora", metrics=metrics)
-    write_model_card(folder)

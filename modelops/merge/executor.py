@@ -67,6 +67,7 @@ class MergeResult:
     survival: float | None = None
     warnings: list[str] = field(default_factory=list)
     resumed_shards: int = 0  # shards kept from an interrupted run (--resume)
+    metrics: dict[str, Any] = field(default_factory=dict)  # what the recipe file records (ExPO survival, α search)
 
 
 def row_blocks(shape: tuple[int, ...], block_elems: int, split_at: int | None = None) -> list[tuple[int, int] | None]:
@@ -175,12 +176,14 @@ def run_merge(
     block_elems: int = 1 << 22,
     metrics: dict[str, Any] | None = None,
     resume: bool = False,
+    finish: Callable[[Path], None] | None = None,
 ) -> MergeResult:
     """Execute the plan into `out` atomically; returns what was written and what it cost.
 
     Elementwise methods stream large tensors in blocks of `block_elems` entries (16 MB of float32), so peak
     memory does not depend on the size of the largest tensor either. Finished shards are recorded as they close;
     with `resume`, an interrupted run of the same plan keeps them and computes only the rest (same bytes).
+    `finish` gets the complete folder just before it is published (the API writes the model card there).
     """
     start = time.perf_counter()
     dev = torch.device(device)
@@ -240,7 +243,8 @@ def run_merge(
         record_inputs = [input_record(plan.base, "sft" if expo else "base")] if plan.base is not None else []
         record_inputs += [input_record(ck, "dpo" if expo else "model") for ck in plan.models]
         write_recipe_file(tmp, plan.recipe.to_dict(), record_inputs, metrics=metrics, extra=provenance)
-        _write_card(tmp)
+        if finish is not None:
+            finish(tmp)
     plan.close()
     for w in warnings:
         logger.warning("warning: %s", w)
@@ -254,6 +258,7 @@ def run_merge(
         survival=fraction,
         warnings=warnings,
         resumed_shards=resumed,
+        metrics=metrics,
     )
 
 
@@ -262,9 +267,3 @@ def merge_key(plan: MergePlan, shard_size: int | str) -> str:
     inputs = {spec: fingerprint_sha256(ck) for spec, ck in plan.checkpoints.items()}
     specs = [tp.out for tp in plan.tensors.values()]
     return plan_key({"recipe": plan.recipe.to_dict(), "inputs": inputs}, specs, shard_size)
-
-
-def _write_card(folder: Path) -> None:
-    from modelops.hub.card import write_model_card
-
-    write_model_card(folder)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from modelops.errors import RecipeError
+from modelops.provenance import MethodDescription
 
 BaseUse = Literal["required", "optional", "none"]
 
@@ -94,6 +95,11 @@ class MergeMethod:
     paper_url: str = ""
     summary: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    title: str = ""  # how a model card names the method (default: its name)
+
+    def description(self) -> MethodDescription:
+        """The method as a model card presents it: the one place its words live."""
+        return MethodDescription(self.name, self.title or self.name, self.summary, self.paper, self.paper_url)
 
     @property
     def needs_base(self) -> bool:

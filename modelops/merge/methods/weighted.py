@@ -73,6 +73,7 @@ def _passthrough(job: TensorJob) -> torch.Tensor:
     max_models=1,
     reference="first",
     vocab_rows_from_reference=True,
+    title="ExPO (model extrapolation)",
     summary="θ_dpo + α(θ_dpo − θ_sft): extrapolate an aligned model away from its SFT starting point",
     paper=EXPO_PAPER[0],
     paper_url=EXPO_PAPER[1],

@@ -1,0 +1,43 @@
+"""The public Python API of modelops: every command of the CLI is one call here.
+
+Weight space: `merge`, `extrapolate`, `extract_lora`, `apply_lora`, `choose_alpha` (and `plan_*`, which validate
+and describe without writing). Decode time: `decode_spec`, `load_decoder` / `CoDecoder`, `fuse_decode`,
+`evaluate`. Publishing: `write_card`, `push`. The zoo: `build_zoo`, `list_zoos`. Each operation returns a result
+object saying what it did.
+
+Names are imported on first use, so `api.merge` does not pay for the decode stack and the reverse.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+EXPORTS: dict[str, tuple[str, ...]] = {
+    "modelops.api.weights": (
+        "apply_lora", "as_recipe", "expo_recipe", "extract_lora", "extrapolate", "merge", "plan_apply_lora",
+        "plan_extract_lora", "plan_merge",
+    ),
+    "modelops.api.alpha": ("AlphaPoint", "choose_alpha"),
+    "modelops.api.decoding": (
+        "CoDecoder", "DecodeRun", "DecodeSpec", "EvalReport", "SamplingConfig", "decode_spec", "eval_systems",
+        "eval_tasks", "evaluate", "fuse_decode", "load_decoder", "read_prompts",
+    ),
+    "modelops.api.publish": ("build_card", "describe_method", "push", "write_card"),
+    "modelops.api.zoo": ("build_zoo", "folder_bytes", "iter_models", "list_zoos", "load_manifest", "zoo_root"),
+}  # fmt: skip
+_WHERE = {name: module for module, names in EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'modelops.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,7 @@
+"""The zoo as the public API: build (cached by content hash, resumable) and list the built-in model family."""
+
+from __future__ import annotations
+
+from modelops.zoo.build import build_zoo, folder_bytes, iter_models, list_zoos, load_manifest, zoo_root
+
+__all__ = ["build_zoo", "folder_bytes", "iter_models", "list_zoos", "load_manifest", "zoo_root"]
