@@ -71,7 +71,7 @@ def own_decode(model, ids: torch.Tensor, new_tokens: int, growing: bool = False)
     """The floor: one model's cached greedy loop (transformers' DynamicCache, or modelops' in-place one)."""
     from transformers import DynamicCache
 
-    from modelops.decode.kvcache import growing_cache
+    from modelops.runtime.kvcache import growing_cache
 
     kw = cache_keyword(model)
     start = time.perf_counter()

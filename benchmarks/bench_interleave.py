@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 from bench_decode import llama
 
-from modelops.decode.kvcache import growing_cache
+from modelops.runtime.kvcache import growing_cache
 from modelops.transformers_compat import cache_keyword
 
 

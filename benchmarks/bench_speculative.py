@@ -52,7 +52,7 @@ def random_decoder(vocab: int):
 
 
 def find_zoo() -> Path | None:
-    from modelops.zoo.build import list_zoos
+    from modelops.runtime.zoo_names import list_zoos
 
     for folder, manifest in list_zoos():
         roles = ("large_base", "small_base", "sft_facts", "sft_review")

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from modelops.cli.common import (
-    ByteProgress, Device, DryRun, DtypeOpt, OutDir, Overwrite, Quiet, Resume, ShardSize, Threads, human_bytes, setup,
+    ByteProgress,
+    Device,
+    DryRun,
+    DtypeOpt,
+    OutDir,
+    Overwrite,
+    Quiet,
+    Resume,
+    ShardSize,
+    Threads,
+    human_bytes,
+    setup,
 )  # fmt: skip
 from modelops.cli.publishing import writes_folder
 

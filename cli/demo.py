@@ -10,8 +10,6 @@ import typer
 
 from modelops.cli.common import Quiet, Threads, handle_errors, setup
 
-PRESETS = ("tiny", "mini", "full")
-
 
 @handle_errors
 def demo(
@@ -25,27 +23,14 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Build the zoo (cached) and run extrapolate, merge, extract-lora, fuse-decode (every rule) and eval on it."""
+    from modelops.demo import PRESETS, run_demo
+
     if preset not in PRESETS:
         raise typer.BadParameter(f"{preset!r}: expected one of {', '.join(PRESETS)}", param_hint="--preset")
     setup(quiet, threads)
     from rich.console import Console
     from rich.table import Table
-
-    if preset == "tiny":
-        from modelops.demo import run_demo
-
-        rows = run_demo(workdir)
-        table = Table(title=f"modelops demo --preset tiny (models in {workdir / 'models'})")
-        for col in ("operation", "same as", "seconds", "check"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r.operation, r.command, f"{r.seconds:.2f}", r.check)
-        Console().print(table)
-        return
-
     from transformers.utils import logging as hf_logging
-
-    from modelops.zoo_demo import run_zoo_demo
 
     hf_logging.disable_progress_bar()
     err_console = Console(stderr=True)
@@ -54,20 +39,20 @@ def demo(
         if not quiet:
             err_console.print(f"[dim]{line.seconds:6.1f} s[/dim]  {line.claim} — {line.verdict}")
 
-    report = run_zoo_demo(preset, seed=seed, workdir=workdir, limit=limit, on_line=show)
-    table = Table(title=f"modelops demo --preset {preset} (zoo {report.zoo}), {report.seconds:.0f} s", show_lines=True)
+    report = run_demo(preset, seed=seed, workdir=workdir, limit=limit, on_line=show)
+    table = Table(title=f"modelops demo --preset {preset} ({report.zoo}), {report.seconds:.0f} s", show_lines=True)
     for col in ("half", "claim", "task", "measured", "verdict", "s"):
         table.add_column(col, overflow="fold")
     for line in report.lines:
-        table.add_row(line.section, line.claim, line.task, line.values, line.verdict, f"{line.seconds:.0f}")
+        table.add_row(line.section, line.claim, line.task, line.values, line.verdict, f"{line.seconds:.1f}")
     Console(width=160).print(table)
     out = workdir / f"demo-{preset}-s{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"zoo": str(report.zoo), "preset": preset, "seed": seed, "seconds": report.seconds,
                "lines": [vars(x) for x in report.lines], "details": report.details}  # fmt: skip
     out.write_text(json.dumps(payload, indent=2, default=str))
-    typer.echo(f"Details (α curves, every system's n / mean / CI) in {out}")
+    typer.echo(f"Details in {out}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    app.command("demo", short_help="The whole toolkit on models it makes itself: one table of claims.")(demo)

@@ -23,7 +23,9 @@ def extract_lora(
     base: Annotated[str, typer.Option("--base", help="Base model: folder or org/name[@revision].")],
     tuned: Annotated[str, typer.Option("--tuned", help="Fully fine-tuned model of the same architecture.")],
     rank: Annotated[int | None, typer.Option("--rank", "-r", help="Fixed rank for every module [default: 16].")] = None,
-    energy: Annotated[float | None, typer.Option("--energy", help="Per-module rank keeping this share of ‖ΔW‖².")] = None,
+    energy: Annotated[
+        float | None, typer.Option("--energy", help="Per-module rank keeping this share of ‖ΔW‖².")
+    ] = None,
     max_rank: Annotated[int, typer.Option("--max-rank", help="Cap on the rank chosen by --energy.")] = 128,
     modules: Annotated[str, typer.Option("--modules", help="all-linear, or names: q_proj,v_proj.")] = "all-linear",
     embeddings: Annotated[str, typer.Option("--embeddings", help="Changed embeddings: full, lora or skip.")] = "full",

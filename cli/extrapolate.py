@@ -8,8 +8,21 @@ from typing import Annotated
 import typer
 
 from modelops.cli.common import (
-    AllowPickle, ByteProgress, Device, DryRun, DtypeOpt, OutDir, Overwrite, Quiet, RecipeOpt, Resume, ShardSize,
-    Threads, err, print_merge_result, setup,
+    AllowPickle,
+    ByteProgress,
+    Device,
+    DryRun,
+    DtypeOpt,
+    OutDir,
+    Overwrite,
+    Quiet,
+    RecipeOpt,
+    Resume,
+    ShardSize,
+    Threads,
+    err,
+    print_merge_result,
+    setup,
 )  # fmt: skip
 from modelops.cli.publishing import writes_folder
 

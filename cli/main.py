@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from modelops.version import __version__
 from modelops.cli import apply_lora, card, demo, extract_lora, extrapolate, fuse_decode, merge, push, zoo
 from modelops.cli import eval as eval_cli
-
+from modelops.version import __version__
 
 
 def _flags_as_switches() -> None:

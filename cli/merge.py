@@ -8,8 +8,20 @@ from typing import Annotated
 import typer
 
 from modelops.cli.common import (
-    AllowPickle, ByteProgress, Device, DryRun, DtypeOpt, OutDir, Overwrite, Quiet, RecipeOpt, Resume, ShardSize,
-    Threads, print_merge_result, setup,
+    AllowPickle,
+    ByteProgress,
+    Device,
+    DryRun,
+    DtypeOpt,
+    OutDir,
+    Overwrite,
+    Quiet,
+    RecipeOpt,
+    Resume,
+    ShardSize,
+    Threads,
+    print_merge_result,
+    setup,
 )  # fmt: skip
 from modelops.cli.publishing import writes_folder
 
@@ -22,8 +34,15 @@ HELP = (
 )
 
 
-def recipe_data(recipe: Path | None, method: str | None, base: str | None, model: list[str] | None,
-                per_model: dict[str, list[float] | None], params: list[str] | None, top: dict[str, object]) -> dict:
+def recipe_data(
+    recipe: Path | None,
+    method: str | None,
+    base: str | None,
+    model: list[str] | None,
+    per_model: dict[str, list[float] | None],
+    params: list[str] | None,
+    top: dict[str, object],
+) -> dict:
     """The recipe file's mapping with the command line's flags applied over it (mergekit's layout)."""  # fmt: skip
     import yaml
 
@@ -57,7 +76,9 @@ def merge(
     base: Annotated[str | None, typer.Option("--base", help="Base model (folder or org/name[@rev]).")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="A model to merge; repeat.")] = None,
     weight: Annotated[list[float] | None, typer.Option("--weight", help="Weight per --model, in order.")] = None,
-    density: Annotated[list[float] | None, typer.Option("--density", help="Density per --model (TIES, DARE...).")] = None,
+    density: Annotated[
+        list[float] | None, typer.Option("--density", help="Density per --model (TIES, DARE...).")
+    ] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="Global KEY=VALUE, e.g. lambda=0.8.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for random methods (DARE, DELLA).")] = None,
     dtype: DtypeOpt = None,

@@ -62,7 +62,7 @@ def _score_text(meta: dict) -> str:
 
 
 def _print_zoo(folder: Path, manifest: dict | None) -> None:
-    from modelops.zoo.build import folder_bytes, iter_models
+    from modelops.api import folder_bytes, iter_models
 
     if manifest is None:
         typer.echo(f"{folder}  (unfinished build; run `modelops zoo build --out {folder}` to resume)")
@@ -77,7 +77,7 @@ def _print_zoo(folder: Path, manifest: dict | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    zoo = typer.Typer(help="Build and list the zoo: a small real model family trained here (DESIGN.md §2).")
+    zoo = typer.Typer(help="Build and list the zoo: a small real model family trained here.")
     app.add_typer(zoo, name="zoo")
 
     @zoo.command("build")
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         setup(quiet, threads=1)
         from transformers.utils import logging as hf_logging
 
-        from modelops.zoo.build import build_zoo, load_manifest
+        from modelops.api import build_zoo, load_manifest
 
         hf_logging.disable_progress_bar()  # per-model save/load bars would drown the build's own
 
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def list_(out: ZooOut = None) -> None:
         """What was built: folders, sizes, training loss and held-out scores of each model."""
-        from modelops.zoo.build import list_zoos, load_manifest, zoo_root
+        from modelops.api import list_zoos, load_manifest, zoo_root
 
         found = [(out, load_manifest(out))] if out else list_zoos()
         if not found:

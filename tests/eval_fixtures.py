@@ -92,7 +92,7 @@ def ends_with_dots(prompt: str, completion: str) -> float:
 
 # ---- a fake zoo build (manifest + eval files + model folders) ------------------------------------------------------
 def write_zoo(folder: Path, models: dict[str, Path], preset: str, built_at: str, facts: list[dict]) -> Path:
-    """A zoo.json that modelops.zoo.build.load_manifest/iter_models read; models are symlinked folders."""
+    """A zoo.json that modelops.runtime.zoo_names.load_manifest/iter_models read; models are symlinked folders."""
     folder.mkdir(parents=True)
     (folder / "eval").mkdir()
     (folder / "eval" / "facts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in facts))

@@ -76,7 +76,7 @@ def test_alpha_auto_needs_an_eval_task(tmp_path):
 def test_reweighter_finds_a_tied_weight_saved_under_its_other_name(tmp_path):
     from conftest import build_model, perturbed, save
 
-    from modelops.eval.alpha import Reweighter
+    from modelops.api.alpha import Reweighter
 
     sft = build_model(tie=True)  # save_pretrained stores only model.embed_tokens.weight
     dpo = perturbed(sft, 5)

@@ -69,7 +69,7 @@ def test_dlf_rows_carry_the_alpha_trace_and_the_recipe_is_used(decode_family, tm
     recipe = tmp_path / "dlf.yaml"
     recipe.write_text(
         f"large: {fam['large']}\nsmall_base: {fam['base']}\nexperts: [{fam['expert']}, {fam['expert2']}]\n"
-        "rule: dlf\nalpha_grid: '0:1:0.25'\nmax_new_tokens: 6\n"
+        "rule: dlf\ndlf_grid: '0:1:0.25'\nmax_new_tokens: 6\n"
     )
     res = invoke(
         "--recipe",
@@ -154,7 +154,7 @@ def test_bad_inputs_exit_with_one_line(decode_family, tmp_path):
                 fam["expert"],
                 "--rule",
                 "dlf",
-                "--alpha-grid",
+                "--dlf-grid",
                 "2:0:1",
                 "--prompts",
                 str(bad),
@@ -201,7 +201,7 @@ def test_existing_output_needs_overwrite(decode_family, tmp_path):
         "--max-new-tokens",
         "2",
     ]
-    assert invoke(*args).exit_code == 2 and target.read_text() == "keep me\n"
+    assert invoke(*args).exit_code == 1 and target.read_text() == "keep me\n"
     assert invoke(*args, "--overwrite").exit_code == 0 and read(target)[0]["id"] == "p0"
 
 

@@ -8,9 +8,10 @@ from decode_fixtures import hf_greedy, load, prompts
 from transformers.cache_utils import DynamicLayer
 
 from modelops.decode import CoDecoder, FusionRule, SamplingConfig
-from modelops.decode.kvcache import GrowingLayer, append_rows, drop_leading_slots
-from modelops.decode.loops import StopChecker, left_pad, lockstep_generate
-from modelops.decode.runner import Runner
+from modelops.decode.loops import StopChecker, lockstep_generate
+from modelops.runtime.generate import left_pad
+from modelops.runtime.kvcache import GrowingLayer, append_rows, drop_leading_slots
+from modelops.runtime.runner import Runner
 
 
 def fam_decoder(decode_family, rule: FusionRule, experts=("expert",)) -> CoDecoder:

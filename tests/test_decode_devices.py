@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from modelops.cli.main import app
 from modelops.decode import CoDecoder, FusionRule, SamplingConfig
-from modelops.decode.models import Member, load_causal_lm
+from modelops.decode.models import Member
 from modelops.devices import input_device
+from modelops.runtime.models import load_causal_lm
 
 # the embedding, the first layer and the head on disk (their weights are `meta` in the model), the rest on the CPU
 EMBEDDING_ON_DISK = {

@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
-from modelops.decode.kvcache import MIN_ROOM, GrowingLayer, growing_cache
+from modelops.runtime.kvcache import MIN_ROOM, GrowingLayer, growing_cache
 
 
 def kv(seed: int, batch: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

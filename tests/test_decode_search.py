@@ -28,11 +28,11 @@ def members(fam: dict[str, Path], large: Path | None = None, chat: str = "none")
     return decoder.members
 
 
-def plain_sample(path: Path, texts: list[str], seed: int, max_new: int) -> list[list[int]]:
+def plain_sample(path: Path, texts: list[str], seed: int, max_new: int, ids: list | None = None) -> list[list[int]]:
     """The lock-step sampler with the large model alone (rule "single"), one batch of all texts."""
     decoder = CoDecoder.load(str(path), rule=FusionRule("single"))
     cfg = SamplingConfig(max_new_tokens=max_new, seed=seed, **SAMPLING)
-    return [g.token_ids for g in decoder.generate(texts, cfg, batch_size=len(texts))]
+    return [g.token_ids for g in decoder.generate(texts, cfg, ids=ids, batch_size=len(texts))]
 
 
 def response_logprob(path: Path, prompt_ids: list[int], resp_ids: list[int]) -> float:
@@ -61,8 +61,8 @@ def test_cbs_1_1_inf_samples_exactly_like_plain_sampling(decode_family):
     texts = prompts(4, seed=5)
     mem = members(decode_family)
     ours = chunk_beam_search(*mem, texts, beam_width=1, successors=1, chunk_len=None, sampling=cfg(14, 7), batch_size=4)
-    # each prompt draws from its own generator seeded seed + index: compare with plain sampling at batch 1
-    theirs = [plain_sample(decode_family["large"], [t], 7 + i, 14)[0] for i, t in enumerate(texts)]
+    # each prompt draws from its own stream (seed, id): the lock-step sampler over the same prompts draws the same
+    theirs = plain_sample(decode_family["large"], texts, 7, 14)
     assert [r.token_ids for r in ours] == theirs
     assert any(r[-1] == EOS for r in theirs) or all(len(r) == 14 for r in theirs)
 
@@ -91,7 +91,8 @@ def test_best_of_n_returns_the_best_of_n_plain_samples(decode_family):
     prompt = prompts(1, seed=9)[0]
     mem = members(decode_family)
     res = best_of_n(*mem, [prompt], n=6, sampling=cfg(10, 11), keep_candidates=True)[0]
-    samples = plain_sample(decode_family["large"], [prompt] * 6, 11, 10)  # one batch of 6 rows, same generator
+    # row j of the prompt (id 0) samples from the stream keyed (0, j), row 0 from the prompt's own
+    samples = plain_sample(decode_family["large"], [prompt] * 6, 11, 10, ids=[0, *((0, j) for j in range(1, 6))])
     assert [c.token_ids for c in res.candidates] == samples
     scores = [rescore(decode_family, mem, prompt, s) for s in samples]
     best = max(range(6), key=lambda i: scores[i])
@@ -306,7 +307,7 @@ MANY_STOPS = {EOS, *range(5, 96, 8)}  # rows end after a few tokens, so searches
 def test_prompts_joining_a_running_search_get_what_they_get_searched_alone(decode_family):
     texts = prompts(7, seed=12)
     mem = members(decode_family)
-    kw = {"beam_width": 2, "successors": 2, "chunk_len": 3, "sampling": cfg(12, 4), "keep_candidates": True}
+    kw = {"beam_width": 2, "successors": 2, "chunk_len": 3, "sampling": cfg(12, 6), "keep_candidates": True}
     kw["stop_ids"] = MANY_STOPS
     stats: dict = {}
     done: list[int] = []

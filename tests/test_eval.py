@@ -354,7 +354,7 @@ def test_two_processes_give_the_same_results(fam: dict, tmp_path: Path) -> None:
 
 def test_evaluate_prebuilt_decoder(fam: dict, greedy: dict, tmp_path: Path) -> None:
     """A caller's own CoDecoder (e.g. weights changed in place for --alpha auto) is used as is."""
-    from modelops.decode.engine import CoDecoder, FusionRule
+    from modelops.decode import CoDecoder, FusionRule
     from modelops.decode.models import Member
     from modelops.decode.sampling import SamplingConfig
 
@@ -371,7 +371,7 @@ def test_evaluate_prebuilt_decoder(fam: dict, greedy: dict, tmp_path: Path) -> N
 def test_greedy_rows_join_running_batches(fam: dict, greedy: dict, tmp_path: Path) -> None:
     """Greedy generation tasks decode a process's rows in one continuous batch: rows that stop early give their
     place to the next prompt, and every text is still the model's own greedy one."""
-    from modelops.decode.engine import CoDecoder, FusionRule
+    from modelops.decode import CoDecoder, FusionRule
     from modelops.decode.models import Member
     from modelops.decode.sampling import SamplingConfig
 
@@ -391,7 +391,7 @@ def test_harness_reproduces_the_zoos_own_scores(mini_zoo: Path) -> None:
     """Every model of a mini zoo on every task: the harness (co-decoder) equals modelops/zoo/scores.py (its own
     greedy loop) — exact match on facts/addition, gold reward and fluency on review. ~70 s to build the zoo."""
     from modelops.decode.sampling import SamplingConfig
-    from modelops.zoo.build import iter_models, load_manifest
+    from modelops.runtime.zoo_names import iter_models, load_manifest
 
     zoo = mini_zoo
     manifest = load_manifest(zoo)

@@ -13,8 +13,8 @@ from hub_fixtures import one_line, tiny_llama
 from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
-from modelops.cli.main import app
 from modelops.api import write_card as write_model_card
+from modelops.cli.main import app
 
 
 def _recipe(operation: str, inputs: list[dict], **top) -> dict:

@@ -12,8 +12,8 @@ import yaml
 from lora_fixtures import gpt2, llama, load, load_peft, logits, save, tune
 from safetensors.torch import load_file, save_file
 
+from modelops import api
 from modelops.errors import CheckpointError, ModelopsError
-from modelops.lora.apply import plan_apply, run_apply
 from modelops.lora.extract import ExtractOptions, plan_extraction, run_extraction
 
 
@@ -54,8 +54,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def apply(world, base: str, adapter: Path | str, out: Path, **kw) -> Path:
-    plan = plan_apply(str(world.get(base, base)), str(world.get(adapter, adapter)), out=out, **kw)
-    run_apply(plan, out)
+    """Through the public API, which also writes the model card."""
+    api.apply_lora(str(world.get(base, base)), str(world.get(adapter, adapter)), out, **kw)
     return out
 
 

@@ -11,8 +11,8 @@ import yaml
 from lora_fixtures import gpt2, llama, load, load_peft, logits, save, tune
 from safetensors import safe_open
 
+from modelops import api
 from modelops.errors import CheckpointError
-from modelops.lora.extract import ExtractOptions, plan_extraction, run_extraction
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def extract(pairs, out: Path, base="base", tuned="tuned", **kw) -> Path:
-    plan = plan_extraction(str(pairs[base]), str(pairs[tuned]), ExtractOptions(**kw), out=out)
-    run_extraction(plan, out)
+    """Through the public API, which also writes the model card."""
+    api.extract_lora(str(pairs[base]), str(pairs[tuned]), out, **kw)
     return out
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from modelops.cli.main import app
 from modelops.api import merge
+from modelops.cli.main import app
 from modelops.merge import recipe_from_dict
 
 

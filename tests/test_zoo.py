@@ -17,10 +17,13 @@ import torch
 from typer.testing import CliRunner
 
 from modelops.cli.main import app
+from modelops.runtime.generate import generate
+from modelops.runtime.zoo_names import MANIFEST, iter_models, list_zoos
 from modelops.zoo import world as W
-from modelops.zoo.build import MANIFEST, build_hash, build_zoo, default_out, is_complete, iter_models, list_zoos
+from modelops.zoo.build import build_hash, build_zoo, default_out
+from modelops.zoo.layout import is_complete
 from modelops.zoo.presets import FULL, MINI
-from modelops.zoo.train import dpo_loss, generate, pad_batch, sequence_logprobs
+from modelops.zoo.train import dpo_loss, pad_batch, sequence_logprobs
 
 runner = CliRunner()
 ROLES = {"small_base", "large_base", "dpo_partial", "dpo_full"} | {

@@ -15,16 +15,22 @@ from typing import Any
 
 EXPORTS: dict[str, tuple[str, ...]] = {
     "modelops.api.weights": (
-        "apply_lora", "as_recipe", "expo_recipe", "extract_lora", "extrapolate", "merge", "plan_apply_lora",
-        "plan_extract_lora", "plan_merge",
+        "AtomicOutput", "apply_lora", "as_recipe", "expo_recipe", "expo_tensor", "extract_lora", "extrapolate",
+        "merge", "plan_apply_lora", "plan_extract_lora", "plan_merge", "ties_tensor",
     ),
-    "modelops.api.alpha": ("AlphaPoint", "choose_alpha"),
+    "modelops.api.alpha": ("DEFAULT_ALPHA_GRID", "AlphaPoint", "alpha_sweep", "best_alpha", "choose_alpha"),
     "modelops.api.decoding": (
-        "CoDecoder", "DecodeRun", "DecodeSpec", "EvalReport", "SamplingConfig", "decode_spec", "eval_systems",
-        "eval_tasks", "evaluate", "fuse_decode", "load_decoder", "read_prompts",
+        "CoDecoder", "DecodeRun", "DecodeSpec", "FusionRule", "SamplingConfig", "decode_spec", "fuse_decode",
+        "load_decoder", "read_prompts",
+    ),
+    "modelops.api.evaluation": (
+        "EvalReport", "OrderingRun", "SystemSpec", "TaskSpec", "end_worker_process", "eval_systems", "eval_tasks",
+        "evaluate", "is_main_process", "measure_orderings", "model_system", "ordering_text", "zoo_task",
     ),
     "modelops.api.publish": ("build_card", "describe_method", "push", "write_card"),
-    "modelops.api.zoo": ("build_zoo", "folder_bytes", "iter_models", "list_zoos", "load_manifest", "zoo_root"),
+    "modelops.api.zoo": (
+        "build_zoo", "folder_bytes", "iter_models", "list_zoos", "load_manifest", "zoo_roles", "zoo_root",
+    ),
 }  # fmt: skip
 _WHERE = {name: module for module, names in EXPORTS.items() for name in names}
 

@@ -1,32 +1,26 @@
-"""Decode-time operations as the public API: the co-decoder, fused decoding of a prompts file, and evaluation."""
+"""Decode-time operations as the public API: the co-decoder and fused decoding of a prompts file (resumable)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelops.decode.api import DecodeRun, build_decoder, run_decode, write_jsonl
-from modelops.decode.engine import CoDecoder
+from modelops.checkpoint import Checkpoint
+from modelops.checkpoint.rows import ResumableRows, check_rows_target
+from modelops.decode import CoDecoder, FusionRule
+from modelops.decode.api import DecodeRun, build_decoder, run_decode
 from modelops.decode.sampling import SamplingConfig
 from modelops.decode.spec import DecodeSpec, load_spec, read_prompts
 from modelops.devices import pick_device
-from modelops.eval.harness import EvalReport, SystemSpec, load_recipe, model_system
-from modelops.eval.harness import evaluate as evaluate_systems
-from modelops.eval.tasks import DEFAULT_MAX_NEW, TaskSpec, load_task
+from modelops.errors import ModelopsError
+from modelops.provenance import fingerprint_sha256
+from modelops.version import __version__
 
 __all__ = [
-    "CoDecoder",
-    "DecodeRun",
-    "DecodeSpec",
-    "EvalReport",
-    "SamplingConfig",
-    "decode_spec",
-    "evaluate",
-    "fuse_decode",
-    "load_decoder",
-    "read_prompts",
-]
+    "CoDecoder", "DecodeRun", "DecodeSpec", "FusionRule", "SamplingConfig", "decode_key", "decode_spec",
+    "fuse_decode", "load_decoder", "model_fingerprint", "read_prompts",
+]  # fmt: skip
 
 
 def decode_spec(recipe: Path | None = None, **overrides: Any) -> DecodeSpec:
@@ -57,6 +51,35 @@ def load_decoder(
     )
 
 
+def model_fingerprint(spec: str, *, allow_pickle: bool = False) -> str:
+    """The model's content fingerprint (names, shapes, sampled bytes), or "unavailable" when it cannot be read."""
+    try:
+        checkpoint = Checkpoint.open(spec, allow_pickle=allow_pickle)
+    except (ModelopsError, OSError):
+        return "unavailable"
+    try:
+        return fingerprint_sha256(checkpoint)
+    finally:
+        checkpoint.close()
+
+
+def decode_key(spec: DecodeSpec, rows: list[dict[str, Any]], *, score: bool, **load: Any) -> dict[str, Any]:
+    """What a resumed fused decode must share with the interrupted one, part by part (a mismatch names the part)."""
+    import hashlib
+    import json
+
+    models = [spec.large, *([spec.small_base] if spec.small_base else []), *spec.experts]
+    allow_pickle = bool(load.get("allow_pickle"))
+    return {
+        "recipe": {k: v for k, v in spec.to_dict().items() if k not in ("large", "small_base", "experts")},
+        "models": {m: model_fingerprint(m, allow_pickle=allow_pickle) for m in models},
+        "prompts": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(),
+        "mode": "score" if score else "generate",
+        "dtype": load.get("dtype"),
+        "version": __version__,
+    }
+
+
 def fuse_decode(
     spec: DecodeSpec,
     prompts: Path | list[dict[str, Any]],
@@ -66,89 +89,49 @@ def fuse_decode(
     batch_size: int = 8,
     continuous: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
     progress: Callable[[int], None] | None = None,
     decoder: CoDecoder | None = None,
     **load: Any,
 ) -> DecodeRun:
-    """Generate (or, with `score`, teacher-force the continuations of) every prompt row under the spec's rule,
-    and write the rows to `out` as JSONL when given. `load` goes to `load_decoder` when no decoder is passed."""
-    rows = read_prompts(Path(prompts), need_continuation=score) if isinstance(prompts, (str, Path)) else prompts
-    own = decoder is None
-    decoder = decoder or load_decoder(spec, **load)
-    try:
-        run = run_decode(
-            decoder, spec, rows, batch_size=batch_size, score=score, on_batch=progress, continuous=continuous
-        )
-    finally:
-        if own:
-            decoder.close()
-    if out is not None:
-        inputs = [Path(prompts)] if isinstance(prompts, (str, Path)) else []
-        write_jsonl(run.rows, Path(out), inputs=inputs, overwrite=overwrite)
+    """Generate (or, with `score`, teacher-force the continuations of) every prompt row under the spec's rule.
+
+    With `out`, rows are appended to a hidden partial file as they finish and the complete file, in prompt order,
+    replaces `out` at the end; `resume` keeps the finished rows of an interrupted run with the same recipe, models,
+    sampling, seed and prompts (and refuses, naming the difference, otherwise). Greedy and seeded runs give the
+    same rows resumed or not: each prompt samples from its own stream. `load` goes to `load_decoder`."""
+    path = Path(prompts) if isinstance(prompts, (str, Path)) else None
+    rows = read_prompts(path, need_continuation=score) if path is not None else list(prompts)
+    if out is None:
+        return _decode(spec, rows, decoder, load, score=score, batch_size=batch_size, continuous=continuous,
+                       progress=progress)  # fmt: skip
+    check_rows_target(Path(out), inputs=[path] if path else [], overwrite=overwrite)  # before any model is read
+    key = decode_key(spec, rows, score=score, **load)
+    with ResumableRows(Path(out), key=key, resume=resume, overwrite=overwrite, inputs=[path] if path else []) as sink:
+        todo = [r for r in rows if r["id"] not in sink.done]
+        if progress is not None and len(todo) < len(rows):
+            progress(len(rows) - len(todo))
+        run = DecodeRun([], 0.0, 0)
+        if todo:
+            run = _decode(spec, todo, decoder, load, score=score, batch_size=batch_size, continuous=continuous,
+                          progress=progress, on_row=sink.add)  # fmt: skip
+        run.stats["resumed_rows"] = len(rows) - len(todo)
+        run.rows = sink.finish([r["id"] for r in rows])
     return run
 
 
-def eval_systems(
-    models: Sequence[str] = (), recipes: Sequence[Path] = (), zoo: Path | None = None
-) -> tuple[dict[str, SystemSpec], list[str]]:
-    """Every system named by model specs and eval recipes (names must differ), and the recipes' default tasks."""
-    from modelops.errors import RecipeError
-
-    found = [model_system(m, zoo) for m in models]
-    tasks: list[str] = []
-    for path in recipes:
-        systems, there = load_recipe(Path(path), zoo)
-        found += list(systems.values())
-        tasks += [t for t in there if t not in tasks]
-    out: dict[str, SystemSpec] = {}
-    for system in found:
-        if system.name in out:
-            raise RecipeError(f"two systems are named {system.name!r}; give each a distinct name")
-        out[system.name] = system
-    return out, tasks
-
-
-def eval_tasks(
-    names: Sequence[str],
-    *,
-    metric: str | None = None,
-    zoo: Path | None = None,
-    fluency: str | None = None,
-    max_new_tokens: int | None = None,
-) -> list[TaskSpec]:
-    """Tasks by zoo name or JSONL path, checked before any model is loaded."""
-    return [load_task(t, metric, zoo=zoo, fluency=fluency, max_new_tokens=max_new_tokens) for t in names]
-
-
-def evaluate(
-    systems: dict[str, SystemSpec],
-    tasks: Sequence[TaskSpec],
-    *,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    limit: int | None = None,
-    resamples: int = 1000,
-    device: str = "auto",
-    parallel_models: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> EvalReport:
-    """Every system on every task: n, mean and a 95% bootstrap interval per pair, and every generation.
-    `report.write(folder)` saves results.json, results.csv and the generations."""
-    sampling = SamplingConfig(
-        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW, temperature=temperature, top_p=top_p, seed=seed
-    )
-    return evaluate_systems(
-        systems,
-        list(tasks),
-        sampling,
-        batch_size,
-        limit,
-        resamples=resamples,
-        seed=seed,
-        device=device,
-        progress=progress,
-        parallel_models=parallel_models,
-    )
+def _decode(
+    spec: DecodeSpec,
+    rows: list[dict[str, Any]],
+    decoder: CoDecoder | None,
+    load: dict[str, Any],
+    **options: Any,
+) -> DecodeRun:
+    """One decode of `rows`, on the given decoder or one loaded (and closed) here."""
+    own = decoder is None
+    decoder = decoder or load_decoder(spec, **load)
+    try:
+        return run_decode(decoder, spec, rows, on_batch=options.pop("progress"), **options)
+    finally:
+        if own:
+            decoder.close()

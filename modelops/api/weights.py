@@ -11,12 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from modelops.api.publish import card_writer
+from modelops.checkpoint import AtomicOutput
 from modelops.devices import pick_device
 from modelops.errors import RecipeError
 from modelops.lora.apply import ApplyPlan, ApplyResult, plan_apply, run_apply
 from modelops.lora.extract import ExtractOptions, ExtractPlan, ExtractResult, plan_extraction, run_extraction
 from modelops.merge import MergeRecipe, MergeResult, build_plan, load_recipe, normalize_dtype, recipe_from_dict
+from modelops.merge.methods import expo as expo_tensor
+from modelops.merge.methods import ties as ties_tensor
 from modelops.merge.plan import MergePlan
+
+__all__ = [
+    "AtomicOutput", "apply_lora", "as_recipe", "expo_recipe", "expo_tensor", "extract_lora", "extrapolate", "merge",
+    "plan_apply_lora", "plan_extract_lora", "plan_merge", "ties_tensor",
+]  # fmt: skip
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes done)
 RecipeLike = MergeRecipe | dict[str, Any] | str | Path

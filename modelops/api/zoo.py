@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from modelops.zoo.build import build_zoo, folder_bytes, iter_models, list_zoos, load_manifest, zoo_root
+from modelops.runtime.zoo_names import iter_models, list_zoos, load_manifest, zoo_roles, zoo_root
+from modelops.zoo.build import build_zoo
+from modelops.zoo.layout import folder_bytes
 
-__all__ = ["build_zoo", "folder_bytes", "iter_models", "list_zoos", "load_manifest", "zoo_root"]
+__all__ = ["build_zoo", "folder_bytes", "iter_models", "list_zoos", "load_manifest", "zoo_roles", "zoo_root"]

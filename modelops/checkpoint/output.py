@@ -65,7 +65,7 @@ class AtomicOutput:
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self.target)
+        remove_stale_temps(self.target.parent, self.target.name)
         prefix = f".{self.target.name}{TMP_MARK}{os.getpid()}-"
         self.tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
         return self.tmp
@@ -93,12 +93,12 @@ class AtomicOutput:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_stale_temps(target: Path) -> None:
-    """Temp folders left by killed runs for this same target (their owner pid is gone) are removed."""
-    prefix = f".{target.name}{TMP_MARK}"
-    for p in target.parent.glob(prefix + "*"):
-        pid = p.name[len(prefix) :].split("-")[0]
-        if p.is_dir() and not (pid.isdigit() and _pid_alive(int(pid))):
+def remove_stale_temps(folder: Path, name: str = "*") -> None:
+    """Temp folders that killed runs left in `folder` for the target `name` (default: for any target) are removed
+    once their owner pid is gone. A build that writes many targets sweeps them all, also those it won't rewrite."""
+    for p in folder.glob(f".{name}{TMP_MARK}*"):
+        pid = p.name.split(TMP_MARK, 1)[1].split("-")[0]
+        if p.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
             logger.info("removing leftover %s from an interrupted run", p)
             shutil.rmtree(p, ignore_errors=True)
 
@@ -125,9 +125,11 @@ def copy_support_files(
     return copied
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process that owns a temp folder or lock still runs (this process never counts: what it left
+    behind is from an earlier run in it that failed to clean up)."""
     if pid == os.getpid():
-        return False  # an earlier run in this same process that failed to clean up
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

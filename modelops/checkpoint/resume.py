@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from modelops.checkpoint.output import AtomicOutput, _pid_alive
+from modelops.checkpoint.output import AtomicOutput, pid_alive
 from modelops.checkpoint.writer import TensorSpec, plan_shards
 from modelops.errors import Interrupted, OutputError
 
@@ -90,7 +90,7 @@ class ResumableOutput(AtomicOutput):
         """Refuse a folder that a live run is still writing."""
         lock = folder / LOCK_FILE
         pid = lock.read_text().strip() if lock.is_file() else ""
-        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             raise OutputError(f"another modelops run (pid {pid}) is writing {self.target}; wait for it or stop it")
 
     def _load(self, folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""The acceptance rule of speculative decoding as pure tensor functions (METHODS.md §2.2).
+"""The acceptance rule of speculative decoding as pure tensor functions (docs/methods.md §2.2).
 
 Each rule is split in two: the accepted prefix needs only the k draft positions; the token after it needs the
 bonus position (k+1) only in rows that accepted all k, so a round computes the bonus target only when some row

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelops.decode.engine import CoDecoder, FusionRule, Generation
+from modelops.decode.codecoder import CoDecoder
+from modelops.decode.engine import FusionRule
 from modelops.decode.spec import SEARCH_RULES, DecodeSpec
+from modelops.decode.types import Generation
 from modelops.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -65,23 +67,31 @@ def run_decode(
     score: bool = False,
     on_batch: Callable[[int], None] | None = None,
     continuous: bool = True,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> DecodeRun:
-    """Generate (or score) every prompt row under the spec's rule; `continuous`: see `CoDecoder.generate`."""
+    """Generate (or score) every prompt row under the spec's rule; `continuous`: see `CoDecoder.generate`.
+    `on_row(row)` gets each result row as soon as it is finished (a scored batch, a generated prompt)."""
     prompts = [r["prompt"] for r in prompt_rows]
     ids = [r["id"] for r in prompt_rows]
     start = time.perf_counter()
     stats: dict[str, Any] = {}
     if score:
-        conts = [r["continuation"] for r in prompt_rows]
-        logps = decoder.score(prompts, conts, batch_size=batch_size)
-        rows = [
-            {"id": i, "logprob": float(sum(lp)), "num_tokens": len(lp), "token_logprobs": lp}
-            for i, lp in zip(ids, logps, strict=True)
-        ]
+        rows = []
+        for lo in range(0, len(prompt_rows), batch_size):
+            part = prompt_rows[lo : lo + batch_size]
+            logps = decoder.score([r["prompt"] for r in part], [r["continuation"] for r in part], batch_size=batch_size)
+            for r, lp in zip(part, logps, strict=True):
+                rows.append({"id": r["id"], "logprob": float(sum(lp)), "num_tokens": len(lp), "token_logprobs": lp})
+                if on_row is not None:
+                    on_row(rows[-1])
+            if on_batch is not None:
+                on_batch(len(part))
         return DecodeRun(rows, time.perf_counter() - start, 0, stats)
+    report = (lambda g: on_row(generation_row(g, spec))) if on_row is not None else None
     gens = decoder.generate(
-        prompts, spec.sampling, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous
-    )
+        prompts, spec.sampling, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous,
+        on_generation=report,
+    )  # fmt: skip
     stats = dict(decoder.last_stats)
     rows = [generation_row(g, spec) for g in gens]
     return DecodeRun(rows, time.perf_counter() - start, sum(g.num_tokens for g in gens), stats)

@@ -1,4 +1,4 @@
-"""Dynamic logit fusion's per-step weight search (METHODS.md §2.3): the grid's exact argmin in a few passes.
+"""Dynamic logit fusion's per-step weight search (docs/methods.md §2.3): the grid's exact argmin in a few passes.
 
 For candidate α·e_t the fused distribution is a tilt of P by d_t = z_t − z_S−: P̃_α ∝ P·e^{α d_t}. With μ = E_P[d]
 and A(α) = log E_P[e^{α(d − μ)}], both KLs of the objective come from that one curve:
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from modelops.decode import native
+from modelops.decode.native import NativePlan, enabled, usable
+from modelops.decode.native import search as native_search
 
 BLOCK_ELEMS = 1 << 16  # about this many floats per (rows, V) buffer of a block
 CHUNK_ELEMS = 1 << 24  # at most this many floats in the buffers kept between calls (64 MB); more rows go in turns
@@ -151,8 +152,8 @@ class DlfSearch:
         self.zero_column = zero[0] if zero else None
         self.block_rows = block_rows
         self.workspace = _Workspace()
-        self.native = use_native and native.enabled()
-        self.plan = native.NativePlan(candidates, self.directions, self.zero_column) if self.native else None
+        self.native = use_native and enabled()
+        self.plan = NativePlan(candidates, self.directions, self.zero_column) if self.native else None
 
     def __call__(
         self, large: torch.Tensor, base: torch.Tensor, experts: list[torch.Tensor], fuse: bool = False
@@ -163,8 +164,8 @@ class DlfSearch:
         candidate (the smallest α).
         """
         comps = [large.float(), base.float(), *[e.float() for e in experts]]
-        if self.native and native.usable(comps):
-            found = native.search(comps, self.plan, fuse)
+        if self.native and usable(comps):
+            found = native_search(comps, self.plan, fuse)
             if found is not None:  # else NaN or +inf logits: the eager passes give their answer
                 objective, choice, fused = found  # choice: the first near-minimum = the smallest α on ties
                 return self.candidates[choice], objective.float(), fused

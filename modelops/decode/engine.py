@@ -1,30 +1,36 @@
-"""`CoDecoder`: the public face of the decode half. Holds the members and the rule; runs the loops in batches."""
+"""`LockstepDecoder`: the members, the fusion rule, and the lock-step loops (plain fused generation, scoring).
+
+`decode.codecoder.CoDecoder`, the decode half's public face, extends it with the loops that take a whole decoder
+(search, speculative); they import this module, so this one imports none of them.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from modelops.decode import rules
 from modelops.decode.dlf import DlfSearch, dlf_candidates
 from modelops.decode.loops import RowOutput, StopChecker, continuation_logprobs, lockstep_generate, response_text
-from modelops.decode.models import Member, load_causal_lm
+from modelops.decode.models import Member
 from modelops.decode.overlap import Overlap
-from modelops.decode.runner import Runner
-from modelops.decode.sampling import SamplingConfig, make_generator
+from modelops.decode.rules import eft_coefficients, fixed_coefficients, fuse_components
+from modelops.decode.sampling import SamplingConfig, prompt_key
+from modelops.decode.types import SEARCH_RULES, Generation
 from modelops.decode.vocab import aligned_components, check_shared_vocabulary, stop_token_ids
 from modelops.devices import input_device
 from modelops.errors import ModelopsError
+from modelops.runtime.models import load_causal_lm
+from modelops.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)
 
 LOGIT_RULES = ("single", "eft", "proxy", "fixed", "dlf")
-SEARCH_RULES = ("cbs", "bon")
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(21)]
+D = TypeVar("D", bound="LockstepDecoder")
 
 
 @dataclass
@@ -34,8 +40,8 @@ class FusionRule:
     name: str = "eft"
     weights: list[float] = field(default_factory=list)
     gamma: float = 1.0
-    alpha_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
-    alpha_bounds: list[tuple[float, float]] | None = None
+    dlf_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
+    dlf_bounds: list[tuple[float, float]] | None = None
     beam_width: int = 4  # cbs: W
     successors: int = 4  # cbs: K
     chunk_len: int = 5  # cbs: L
@@ -60,12 +66,12 @@ class FusionRule:
             if n_experts != 1:
                 raise ModelopsError(f"--rule {self.name} takes one --expert (got {n_experts}); use --rule fixed or dlf")
             w = self.weights[0] if self.weights else 1.0
-            return rules.eft_coefficients(weight=w, gamma=self.gamma if self.name == "eft" else 1.0)
+            return eft_coefficients(weight=w, gamma=self.gamma if self.name == "eft" else 1.0)
         if self.name == "fixed":
             weights = self.weights or [1.0 / n_experts] * n_experts
             if len(weights) != n_experts:
                 raise ModelopsError(f"--rule fixed: {len(weights)} --weight values for {n_experts} experts")
-            return rules.fixed_coefficients(weights)
+            return fixed_coefficients(weights)
         if self.name == "dlf" or self.name in SEARCH_RULES:
             return None
         raise ModelopsError(f"unknown rule {self.name!r}; expected one of {', '.join(LOGIT_RULES)}")
@@ -74,26 +80,14 @@ class FusionRule:
         """DLF's per-step search over its candidate weight vectors; None for every other rule."""
         if self.name != "dlf":
             return None
-        return DlfSearch(dlf_candidates(self.alpha_grid, n_experts, self.alpha_bounds))
+        return DlfSearch(dlf_candidates(self.dlf_grid, n_experts, self.dlf_bounds))
 
 
-@dataclass
-class Generation:
-    """One prompt's result, as written to results.jsonl."""
-
-    id: Any
-    text: str
-    num_tokens: int
-    finish_reason: str
-    weights: list[list[float]] | None = None
-    score: float | None = None
-    token_ids: list[int] = field(default_factory=list)  # every new token, the stop token included
-
-
-class CoDecoder:
+class LockstepDecoder:
     """Several causal LMs sharing a vocabulary, decoded in lock-step under one fusion rule.
 
     Members are ordered [large, small base, experts…]; with the rule "single" only the large model runs.
+    `generate` here runs the plain lock-step loop only; use `CoDecoder` for search and speculative rules.
     """
 
     def __init__(
@@ -105,8 +99,8 @@ class CoDecoder:
         if rule.name != "single" and (len(members) < 3):
             raise ModelopsError(f"--rule {rule.name} needs --large, --small-base and at least one --expert")
         self._coeffs = rule.coefficients(self.n_experts)
-        if rule.alpha_bounds and len(rule.alpha_bounds) != self.n_experts:
-            raise ModelopsError(f"--alpha-bounds: {len(rule.alpha_bounds)} given for {self.n_experts} experts")
+        if rule.dlf_bounds and len(rule.dlf_bounds) != self.n_experts:
+            raise ModelopsError(f"--dlf-bounds: {len(rule.dlf_bounds)} given for {self.n_experts} experts")
         self.last_stats: dict[str, Any] = {}  # what the last generate() measured (acceptance rate, …)
         self._dlf = rule.dlf_search(self.n_experts)
         tokenizers = {m.spec if m.spec else m.role: m.tokenizer for m in members}
@@ -130,7 +124,7 @@ class CoDecoder:
             self.overlap.close()
             self.overlap = None
 
-    def __enter__(self) -> CoDecoder:
+    def __enter__(self: D) -> D:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -138,7 +132,7 @@ class CoDecoder:
 
     @classmethod
     def load(
-        cls,
+        cls: type[D],
         large: str,
         small_base: str | None = None,
         experts: Sequence[str] = (),
@@ -152,7 +146,7 @@ class CoDecoder:
         trust_remote_code: bool = False,
         check_vocabulary: bool = True,
         parallel: bool = False,
-    ) -> CoDecoder:
+    ) -> D:
         """Load every member from folders or Hub ids; `chat_template_for` is expert, all or none."""
         if chat_template_for not in ("expert", "all", "none"):
             raise ModelopsError(f"--chat-template-for {chat_template_for!r}: expected expert, all or none")
@@ -184,7 +178,7 @@ class CoDecoder:
                 "these models do not share a vocabulary, so their logits cannot be fused; use --rule cbs"
             )
         comps = aligned_components([x.to(self.device) for x in logits], self.width)
-        return rules.fuse_components(comps, self._coeffs, self._dlf)
+        return fuse_components(comps, self._coeffs, self._dlf)
 
     def runners(self) -> list[Runner]:
         members = self.members if self.rule.name != "single" else self.members[:1]
@@ -206,39 +200,31 @@ class CoDecoder:
         batch_size: int = 8,
         on_batch: Callable[[int], None] | None = None,
         continuous: bool = True,
+        on_generation: Callable[[Generation], None] | None = None,
     ) -> list[Generation]:
-        """Fused generation for every prompt, at most `batch_size` rows at a time (cbs/bon: prompts, each with
-        W·K or N rows). `continuous`: a finished row's place goes to the next prompt at once (cbs/bon: a finished
-        prompt's, at the next chunk boundary). `on_batch(k)`: k more prompts are done."""
+        """Lock-step fused generation for every prompt, at most `batch_size` rows at a time. `continuous`: a
+        finished row's place goes to the next prompt at once. `on_batch(k)`: k more prompts are done;
+        `on_generation(g)`: one prompt's result, as soon as it is finished. With a seed, each prompt samples from
+        its own stream (keyed by seed and id), so its tokens do not depend on the batch it decodes in."""
         sampling = sampling or SamplingConfig()
         sampling.validate()
-        if self.rule.name in SEARCH_RULES:
-            from modelops.decode.search import run_search
-
-            gens, self.last_stats = run_search(
-                self, sampling, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous
-            )
-            return gens
-        if self.rule.speculative:
-            from modelops.decode.speculative import speculative_generate
-
-            gens, stats = speculative_generate(
-                self, prompts, sampling, self.rule.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch,
-                schedule=self.rule.speculative_schedule, continuous=continuous,
-            )  # fmt: skip
-            self.last_stats = dict(vars(stats))
-            return gens
-        generator = make_generator(sampling.seed, self.device)
+        if self.rule.name in SEARCH_RULES or self.rule.speculative:
+            what = f"--rule {self.rule.name}" if self.rule.name in SEARCH_RULES else "--speculative"
+            raise ModelopsError(f"{what} is not a lock-step decode; use modelops.decode.CoDecoder to generate with it")
         stopper = StopChecker(self.stop_ids, sampling.stop, self.tokenizer, sampling.max_new_tokens)
         if not prompts:
             return []
+        row_ids = list(ids) if ids is not None else list(range(len(prompts)))
+        keys = [prompt_key(sampling.seed, i) for i in row_ids] if sampling.seed is not None else None
         stats: dict[str, Any] = {}
+        on_row = (lambda k, out: on_generation(self._to_generation(row_ids[k], out))) if on_generation else None
         outs = lockstep_generate(
-            self.runners(), self.fuse, self._prompt_ids(prompts), sampling, stopper, self.pad_id, generator,
-            overlap=self.overlap, rows=batch_size, refill=continuous, on_done=on_batch, stats=stats,
+            self.runners(), self.fuse, self._prompt_ids(prompts), sampling, stopper, self.pad_id, None,
+            overlap=self.overlap, rows=batch_size, refill=continuous, on_done=on_batch, stats=stats, row_keys=keys,
+            on_row=on_row,
         )  # fmt: skip
         self.last_stats = stats
-        return [self._to_generation(ids[k] if ids is not None else k, out) for k, out in enumerate(outs)]
+        return [self._to_generation(row_ids[k], out) for k, out in enumerate(outs)]
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str], *, batch_size: int = 8) -> list[list[float]]:
         """Teacher-forced fused log-probs of each continuation's tokens (continuations tokenized on their own)."""

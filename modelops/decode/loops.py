@@ -6,7 +6,7 @@ never know which paper a rule came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from modelops.decode.overlap import Overlap, run_all
-from modelops.decode.runner import Runner
-from modelops.decode.sampling import SamplingConfig, choose
+from modelops.decode.sampling import SamplingConfig, choose, row_uniforms
+from modelops.runtime.generate import left_pad
+from modelops.runtime.runner import Runner
 
 Fuse = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -38,18 +39,6 @@ def response_text(tokenizer: Any, out: RowOutput) -> str:
     if out.finish_reason == "stop" and out.stop_text and out.stop_text in text:
         text = text[: text.find(out.stop_text)]
     return text
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (B, T), padded on the left so every row's last token is at the end."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
 
 
 class StopChecker:
@@ -102,6 +91,8 @@ def lockstep_generate(
     refill: bool = True,
     on_done: Callable[[int], None] | None = None,
     stats: dict[str, Any] | None = None,
+    row_keys: list[int] | None = None,
+    on_row: Callable[[int, RowOutput], None] | None = None,
 ) -> list[RowOutput]:
     """Decode every prompt, at most `rows` at a time: every model sees its own prompt, then the same fused tokens.
 
@@ -110,6 +101,8 @@ def lockstep_generate(
     prompts are prefilled and join the running batch in its place (continuous batching), else the next group
     starts once the batch is empty. `overlap`: the small models run beside the large. `on_done(k)`: k rows ended.
     `stats` gets steps, admissions (prefills that joined a running batch) and occupancy (live rows ÷ `rows`).
+    `row_keys` (one per prompt): sampled rows draw from a stream keyed by the prompt and its token position, not
+    by batch position, so a prompt samples the same tokens in any batch. `on_row(i, out)`: prompt i is finished.
     """
     n_rows = len(prompts[0])
     if not n_rows:
@@ -129,7 +122,12 @@ def lockstep_generate(
             live += new
         steps, row_steps = steps + 1, row_steps + len(live)
         fused, weights = fuse(logits)
-        tokens = choose(fused, sampling, generator)
+        uniforms = None
+        if row_keys is not None and not sampling.greedy:
+            keys = torch.tensor([row_keys[r] for r in live], dtype=torch.int64)
+            steps_done = torch.tensor([len(outputs[r].token_ids) for r in live], dtype=torch.int64)
+            uniforms = row_uniforms(keys, steps_done).to(fused.device)
+        tokens = choose(fused, sampling, generator, uniforms)
         tokens_cpu = tokens.tolist()
         weights_cpu = weights.tolist() if weights is not None else None
         done = []
@@ -139,6 +137,8 @@ def lockstep_generate(
             if weights_cpu is not None:
                 out.weights.append(weights_cpu[j])
             done.append(stopper.check(out))
+            if done[-1] and on_row is not None:
+                on_row(row, out)
         if any(done):
             if on_done:
                 on_done(sum(done))

@@ -1,7 +1,7 @@
 """Run the small models on a second thread while the large model runs on the caller's: `--parallel-models`.
 
 The fused decode is slower than the large model alone mostly because the models run one after another
-(METHODS.md §2.2). torch releases the GIL inside its kernels, so one worker thread can step the small models while
+(docs/methods.md §2.2). torch releases the GIL inside its kernels, so one worker thread can step the small models while
 the large one steps here; every step still waits for all of them before the rule combines their logits, so the
 tokens are exactly those of the sequential loop. On CUDA both threads queue work on the same stream, which stays
 correct and overlaps only the Python-side cost. It uses a second CPU core: off by default.

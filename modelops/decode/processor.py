@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from modelops.decode import rules
 from modelops.decode.engine import FusionRule
-from modelops.decode.runner import Runner
+from modelops.decode.rules import fuse_components
 from modelops.decode.vocab import aligned_components, check_shared_vocabulary
 from modelops.errors import ModelopsError
+from modelops.runtime.runner import Runner
 
 
 class FusedLogitsProcessor(LogitsProcessor):
@@ -55,7 +55,7 @@ class FusedLogitsProcessor(LogitsProcessor):
         self._fed = input_ids.shape[1]
         width = self.width or min(x.shape[-1] for x in [scores, *small])
         comps = aligned_components([scores.float(), *[s.to(scores.device) for s in small]], width)
-        fused, weights = rules.fuse_components(comps, self.coefficients, self.dlf)
+        fused, weights = fuse_components(comps, self.coefficients, self.dlf)
         if weights is not None:
             self.weights_trace.append(weights.cpu())
         if fused.shape[-1] < scores.shape[-1]:  # rows that are not real tokens stay unreachable

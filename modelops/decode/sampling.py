@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -81,14 +82,16 @@ def warp(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
 SAMPLE_BLOCK = 128  # sample_rows: columns per block
 
 
-def sample_rows(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_rows(
+    weights: torch.Tensor, generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None
+) -> torch.Tensor:
     """One column per row of (B, V) non-negative weights, column j with probability weights[j] / row sum.
 
     The distribution of `torch.multinomial(weights, 1)` (another random stream), by the inverse CDF with one
     uniform per row: torch's multinomial draws an exponential for every entry, V random numbers a row (~1 ms for
     a 32k-wide row on CPU, as long as a small model's whole decode step). Two levels keep it to one vectorised
     pass over the row: a block is chosen by the running sum of the blocks' sums, then a column inside it.
-    Sums are float64.
+    Sums are float64. `uniforms` (B,) in [0, 1) replace the generator's draws (keyed sampling, see `row_uniforms`).
     """
     rows, width = weights.shape
     n_blocks = -(-width // SAMPLE_BLOCK)
@@ -97,7 +100,9 @@ def sample_rows(weights: torch.Tensor, generator: torch.Generator | None = None)
     total = blocks[:, -1:]
     if not bool(((total > 0) & torch.isfinite(total)).all()):
         raise ValueError("sampling: a row's probabilities are all zero or not finite (NaN or inf logits?)")
-    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=weights.device) * total
+    if uniforms is None:
+        uniforms = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=weights.device)
+    u = uniforms.reshape(total.shape).to(torch.float64) * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total even after rounding
     # the first block, then the first column in it, whose running sum exceeds u: its weight is > 0
     block = torch.searchsorted(blocks, u, right=True)  # (B, 1)
@@ -108,12 +113,52 @@ def sample_rows(weights: torch.Tensor, generator: torch.Generator | None = None)
     return (block[:, 0] * SAMPLE_BLOCK + torch.searchsorted(inside, u, right=True)[:, 0]).clamp_(max=width - 1)
 
 
-def choose(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from (B, V) fused logits."""
+def choose(
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next token per row from (B, V) fused logits (`uniforms`: one keyed draw per row, else the generator's)."""
     if config.greedy:
         return first_argmax(logits)
     probs = warp(logits, config).softmax(-1)
-    return sample_rows(probs, generator)
+    return sample_rows(probs, generator, uniforms)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 lanes (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 lanes (wrapping arithmetic): a counter-based hash whose outputs pass
+    BigCrush, so hashed counters serve as independent uniform draws."""
+    x = x + _signed(0x9E3779B97F4A7C15)
+    x = (x ^ _shr(x, 30)) * _signed(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * _signed(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def prompt_key(seed: int, prompt_id: object) -> int:
+    """A 63-bit key for one prompt's random stream: the same seed and id give the same draws, whatever batch or
+    position the prompt decodes in (so a resumed run samples what the uninterrupted one did)."""
+    digest = hashlib.blake2b(f"{seed}\x00{prompt_id!r}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def row_uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One uniform in [0, 1) per row, float64: a hash of the row's prompt key and its token position."""
+    z = mix64(mix64(keys) + steps)
+    return _shr(z, 11).to(torch.float64) * (2.0**-53)
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:

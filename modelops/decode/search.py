@@ -1,4 +1,4 @@
-"""Weak-to-strong search: chunk-level beam search CBS(W, K, L) and best-of-N (METHODS.md §2.4).
+"""Weak-to-strong search: chunk-level beam search CBS(W, K, L) and best-of-N (docs/methods.md §2.4).
 
 The large model samples; the small tuned/untuned pair only scores. Score of a (partial) response:
 Σ_t [log π_S+(y_t | x, y_<t) − log π_S−(y_t | x, y_<t)], cumulative, no length normalisation, the stop token
@@ -11,8 +11,9 @@ when its top W are all finished. The answer is the best candidate of the pool.
 
 Best-of-N = CBS(1, N, ∞) and plain sampling = CBS(1, 1, ∞). With L = ∞ nothing is selected before the end,
 so the small models score every `score_every` tokens (the same sums, in pieces) and rows never fork. Each
-prompt samples from its own generator, seeded `seed + prompt index`, so results do not depend on the batch size
-or on which prompts share a batch, and CBS(1, 1, ∞) reproduces the lock-step sampler's tokens for the same seed.
+prompt samples from its own stream, keyed by the seed and the prompt's id (row j > 0 of a prompt by the pair
+(id, j)), at each token position, so results do not depend on the batch size or on which prompts share a batch, a resumed run
+samples what the uninterrupted one did, and CBS(1, 1, ∞) reproduces the lock-step sampler's tokens.
 
 Continuous batching: at most `batch_size` prompts are searched at once; at each chunk boundary a prompt that is
 done hands its place to the next waiting one, whose prompt is prefilled on its own and whose W·K rows join every
@@ -31,14 +32,17 @@ from typing import Any
 import torch
 
 from modelops.decode.beams import Beam, SearchResult, best_result, select_next
-from modelops.decode.loops import RowOutput, StopChecker, left_pad, take_waiting
+from modelops.decode.engine import LockstepDecoder
+from modelops.decode.loops import RowOutput, StopChecker, take_waiting
 from modelops.decode.models import Member
 from modelops.decode.overlap import Overlap, run_all
-from modelops.decode.runner import Runner
-from modelops.decode.sampling import SamplingConfig, first_argmax, make_generator, sample_rows, warp
+from modelops.decode.sampling import SamplingConfig, first_argmax, prompt_key, row_uniforms, sample_rows, warp
 from modelops.decode.textsync import Detok, SmallSide, detok_push, shares_vocabulary
+from modelops.decode.types import Generation
 from modelops.decode.vocab import align, stop_token_ids
 from modelops.errors import ModelopsError
+from modelops.runtime.generate import left_pad
+from modelops.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ def chunk_beam_search(
     continuous: bool = True,
     score_every: int = SCORE_EVERY,
     stop_ids: set[int] | None = None,
+    ids: Sequence[Any] | None = None,
 ) -> list[SearchResult]:
     """CBS(W=beam_width, K=successors, L=chunk_len) for every prompt, at most `batch_size` prompts at a time.
 
@@ -131,8 +136,9 @@ def chunk_beam_search(
         setup.stats.setdefault(key, 0)
     setup.stats["base_input"], setup.stats["expert_input"] = ("text" if t else "ids" for t in text)
     start = time.perf_counter()
-    seeds = [None if sampling.seed is None else sampling.seed + i for i in range(len(prompts))]
-    results = _search(setup, list(prompts), seeds, batch_size, continuous, on_batch)
+    row_ids = list(ids) if ids is not None else list(range(len(prompts)))
+    keys = None if sampling.seed is None else RowKeys(sampling.seed, row_ids)
+    results = _search(setup, list(prompts), keys, batch_size, continuous, on_batch)
     setup.stats["seconds"] += time.perf_counter() - start
     return results
 
@@ -144,20 +150,37 @@ def best_of_n(
     return chunk_beam_search(large, base, expert, prompts, beam_width=1, successors=n, chunk_len=None, **kwargs)
 
 
-def _sample(logits: torch.Tensor, prompt_of_row: list[int], sampling: SamplingConfig, gens: list[Any]) -> torch.Tensor:
-    """Next token per row; each prompt's rows (contiguous) draw from that prompt's generator."""
+class RowKeys:
+    """The random-stream key of row j of a prompt: the prompt's own (as the lock-step sampler's) for j = 0, and the
+    pair (id, j) after it. Cached: rows keep their ranks across most steps."""
+
+    def __init__(self, seed: int, ids: list[Any]) -> None:
+        self.seed, self.ids = seed, ids
+        self._cache: dict[tuple[int, int], int] = {}
+
+    def __call__(self, prompt: int, rank: int) -> int:
+        key = self._cache.get((prompt, rank))
+        if key is None:
+            pid = self.ids[prompt]
+            key = self._cache[(prompt, rank)] = prompt_key(self.seed, pid if rank == 0 else (pid, rank))
+        return key
+
+
+def _sample(logits: torch.Tensor, rows: list[Beam], sampling: SamplingConfig, keys: RowKeys | None) -> torch.Tensor:
+    """Next token per row; row j of a prompt (rows of one prompt are contiguous) draws from its keyed stream at its
+    token position (unseeded: torch's global generator)."""
     if sampling.greedy:
         return first_argmax(logits)
     probs = warp(logits, sampling).softmax(-1)
-    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    lo = 0
-    while lo < len(prompt_of_row):
-        hi = lo
-        while hi < len(prompt_of_row) and prompt_of_row[hi] == prompt_of_row[lo]:
-            hi += 1
-        out[lo:hi] = sample_rows(probs[lo:hi], gens[prompt_of_row[lo]])
-        lo = hi
-    return out
+    if keys is None:
+        return sample_rows(probs)
+    row_keys, steps, rank = [], [], 0
+    for j, beam in enumerate(rows):
+        rank = 0 if j == 0 or rows[j - 1].prompt != beam.prompt else rank + 1
+        row_keys.append(keys(beam.prompt, rank))
+        steps.append(len(beam.out.token_ids))
+    uniforms = row_uniforms(torch.tensor(row_keys), torch.tensor(steps)).to(probs.device)
+    return sample_rows(probs, uniforms=uniforms)
 
 
 class _Batch:
@@ -220,14 +243,13 @@ class _Batch:
 def _search(
     setup: _Setup,
     prompts: list[str],
-    seeds: list[int | None],
+    keys: RowKeys | None,
     batch_size: int,
     refill: bool,
     on_done: Callable[[int], None] | None,
 ) -> list[SearchResult]:
     stats, tok = setup.stats, setup.large.tokenizer
     batch = _Batch(setup, prompts)
-    gens = [make_generator(s, batch.runner.device) for s in seeds]
     pools: list[list[Beam]] = [[] for _ in prompts]
     queue = list(range(len(prompts) - 1, -1, -1))  # popped from the end: prompt order
     row_steps = steps = 0
@@ -244,7 +266,7 @@ def _search(
         new_ids: list[list[int]] = [[] for _ in beams]
         for _ in range(setup.chunk_len):
             assert batch.logits is not None
-            tokens = _sample(batch.logits, [beams[i].prompt for i in live], setup.sampling, gens)
+            tokens = _sample(batch.logits, [beams[i] for i in live], setup.sampling, keys)
             stats["rows_sampled"] += len(live)
             steps, row_steps = steps + 1, row_steps + len(live)
             keep = []
@@ -302,7 +324,7 @@ def _score(side: SmallSide, targets: list[list[int]]) -> list[float]:
 
 
 def run_search(
-    decoder: Any,
+    decoder: LockstepDecoder,
     sampling: SamplingConfig,
     prompts: Sequence[str],
     *,
@@ -310,13 +332,11 @@ def run_search(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     continuous: bool = True,
-) -> tuple[list[Any], dict[str, Any]]:
-    """`--rule cbs|bon` for a CoDecoder whose members are [large, small base, expert]: Generations + stats.
+) -> tuple[list[Generation], dict[str, Any]]:
+    """`--rule cbs|bon` for a decoder whose members are [large, small base, expert]: Generations + stats.
 
     The search shape comes from the decoder's rule (`beam_width`, `successors`, `chunk_len`, or `n` for bon).
     """
-    from modelops.decode.engine import Generation
-
     rule = decoder.rule
     if len(decoder.members) != 3:
         raise ModelopsError(f"--rule {rule.name} needs --large, --small-base and exactly one --expert")
@@ -328,7 +348,7 @@ def run_search(
     stats: dict[str, Any] = {}
     results = chunk_beam_search(
         large, base, expert, prompts, sampling=sampling, batch_size=batch_size, stats=stats,
-        on_batch=on_batch, overlap=decoder.overlap, continuous=continuous, **shape,
+        on_batch=on_batch, overlap=decoder.overlap, continuous=continuous, ids=ids, **shape,
     )  # fmt: skip
     gens = [
         Generation(

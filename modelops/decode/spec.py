@@ -1,7 +1,7 @@
 """A fused-decoding configuration: recipe YAML + flags → one validated `DecodeSpec`.
 
 Recipe keys are the flag names with underscores (`large`, `small_base`, `experts`, `rule`, `weights`, `gamma`,
-`alpha_grid`, `alpha_bounds`, `beam_width`, `successors`, `chunk_len`, `n`, `speculative`,
+`dlf_grid`, `dlf_bounds`, `beam_width`, `successors`, `chunk_len`, `n`, `speculative`,
 `speculative_schedule`, `chat_template_for`, and the sampling keys `max_new_tokens`, `temperature`, `top_k`, `top_p`, `stop`, `seed`).
 Flags given on the command line override the recipe.
 """
@@ -9,19 +9,23 @@ Flags given on the command line override the recipe.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from modelops.decode.sampling import SamplingConfig
+from modelops.decode.types import SEARCH_RULES
 from modelops.errors import RecipeError
+from modelops.runtime.zoo_names import resolve_model
 
 RULES = ("single", "eft", "proxy", "fixed", "dlf", "cbs", "bon")
-SEARCH_RULES = ("cbs", "bon")
 SPECULATIVE_SCHEDULES = ("constant", "heuristic")  # draft length: K every round, or transformers' +2 / -1
 SHARED_WITH_EVAL = ("name", "tasks", "dtype")  # eval recipe keys fuse-decode accepts and ignores
 SEARCH_SAMPLING = {"temperature": 0.7, "top_k": 50, "top_p": 1.0}
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,8 +36,8 @@ class DecodeSpec:
     rule: str = ""  # empty: eft with an expert, single without
     weights: list[float] = field(default_factory=list)
     gamma: float = 1.0
-    alpha_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
-    alpha_bounds: list[tuple[float, float]] | None = None
+    dlf_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
+    dlf_bounds: list[tuple[float, float]] | None = None
     beam_width: int = 4
     successors: int = 4
     chunk_len: int = 5
@@ -56,8 +60,8 @@ class DecodeSpec:
             raise RecipeError(f"--rule {self.rule} is guided by exactly one --expert (got {len(self.experts)})")
         if self.rule == "fixed" and self.weights and len(self.weights) != len(self.experts):
             raise RecipeError(f"--rule fixed: {len(self.weights)} --weight values for {len(self.experts)} experts")
-        if self.alpha_bounds is not None and len(self.alpha_bounds) != len(self.experts):
-            raise RecipeError(f"--alpha-bounds: {len(self.alpha_bounds)} ranges for {len(self.experts)} experts")
+        if self.dlf_bounds is not None and len(self.dlf_bounds) != len(self.experts):
+            raise RecipeError(f"--dlf-bounds: {len(self.dlf_bounds)} ranges for {len(self.experts)} experts")
         if self.speculative < 0:
             raise RecipeError(f"--speculative must be >= 0, got {self.speculative}")
         if self.speculative and self.rule not in ("eft", "proxy", "fixed", "dlf"):
@@ -105,11 +109,24 @@ def parse_bounds(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+RENAMED_KEYS = {"alpha_grid": "dlf_grid", "alpha_bounds": "dlf_bounds"}  # old name -> name, until the next release
+
+
+def renamed(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with deprecated key names replaced (one warning each): α is ExPO's; DLF's knobs carry its name."""
+    for old, new in RENAMED_KEYS.items():
+        if old in data:
+            logger.warning("%s: %r is deprecated; call it %r (the old name goes in the next release)", where, old, new)
+            data.setdefault(new, data.pop(old))
+            data.pop(old, None)
+    return data
+
+
 def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> DecodeSpec:
     """Recipe (if any), then every override that is not None; validated."""
     data: dict[str, Any] = {}
     if recipe is not None:
-        data = read_recipe(recipe)
+        data = renamed(read_recipe(recipe), str(recipe))
     data.update({k: v for k, v in overrides.items() if v is not None and v != [] and v != ()})
     spec = DecodeSpec()
     known = {f.name for f in fields(DecodeSpec)} | set(SAMPLING_KEYS)
@@ -121,10 +138,10 @@ def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> DecodeSpec:
             raise RecipeError(f"unknown key {key!r}{where}; known keys: {', '.join(sorted(known - {'sampling'}))}")
         if key in SAMPLING_KEYS:
             setattr(spec.sampling, key, list(value) if key == "stop" else value)
-        elif key == "alpha_grid" and isinstance(value, str):
-            spec.alpha_grid = parse_grid(value)
-        elif key == "alpha_bounds":
-            spec.alpha_bounds = [parse_bounds(v) if isinstance(v, str) else (float(v[0]), float(v[1])) for v in value]
+        elif key == "dlf_grid" and isinstance(value, str):
+            spec.dlf_grid = parse_grid(value)
+        elif key == "dlf_bounds":
+            spec.dlf_bounds = [parse_bounds(v) if isinstance(v, str) else (float(v[0]), float(v[1])) for v in value]
         elif key in ("experts", "weights"):
             setattr(spec, key, list(value) if isinstance(value, (list, tuple)) else [value])
         else:
@@ -162,6 +179,7 @@ def read_prompts(
     if not path.is_file():
         raise RecipeError(f"{path}: {missing}")
     rows = []
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -174,6 +192,11 @@ def read_prompts(
         if need_continuation and not isinstance(row.get("continuation"), str):
             raise RecipeError(f'{path}:{lineno}: --score needs a string "continuation" field on every line')
         row.setdefault("id", lineno)
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+            raise RecipeError(f'{path}:{lineno}: "id" must be a string or an integer')
+        first = seen.setdefault(json.dumps(row["id"]), lineno)
+        if first != lineno:
+            raise RecipeError(f"{path}:{lineno}: id {row['id']!r} is also on line {first}; ids must be unique")
         rows.append(row)
     if not rows:
         raise RecipeError(f"{path}: no prompts")
@@ -185,8 +208,6 @@ def _resolve_zoo_roles(spec: DecodeSpec) -> None:
     models = [spec.large, spec.small_base, *spec.experts]
     if not any(isinstance(m, str) and m.startswith("zoo:") for m in models):
         return
-    from modelops.zoo.resolve import resolve_model
-
     spec.large = resolve_model(spec.large)
     spec.small_base = resolve_model(spec.small_base) if spec.small_base else None
     spec.experts = [resolve_model(e) for e in spec.experts]

@@ -1,4 +1,4 @@
-"""Speculative up-scaling (METHODS.md §2.2): the expert drafts, the large model and the small base verify.
+"""Speculative up-scaling (docs/methods.md §2.2): the expert drafts, the large model and the small base verify.
 
 One round, per live row, starting from a *pending* token t0 (emitted, but fed to no model yet):
 
@@ -27,21 +27,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from modelops.decode.acceptance import greedy_next, greedy_prefix, sampled_next, sampled_prefix
+from modelops.decode.engine import LockstepDecoder
 from modelops.decode.loops import RowOutput, StopChecker, admit_all, take_waiting
 from modelops.decode.overlap import Overlap, run_all
-from modelops.decode.runner import Runner
 from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, sample_rows, warp
 from modelops.decode.spec import check_schedule
+from modelops.decode.types import Generation
 from modelops.decode.vocab import align
 from modelops.errors import ModelopsError
-
-if TYPE_CHECKING:
-    from modelops.decode.engine import CoDecoder, Generation
+from modelops.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +276,7 @@ def speculative_lockstep(
 
 
 def speculative_generate(
-    decoder: CoDecoder,
+    decoder: LockstepDecoder,
     prompts: Sequence[str],
     sampling: SamplingConfig | None = None,
     draft_len: int = 4,

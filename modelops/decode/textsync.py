@@ -1,4 +1,4 @@
-"""Keeping the small models in step with the large one for weak-to-strong search (METHODS.md §2.4).
+"""Keeping the small models in step with the large one for weak-to-strong search (docs/methods.md §2.4).
 
 Two ways to hand the large model's new tokens to a small model:
 - ids: the small model shares the large model's vocabulary and receives the same token ids;
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from modelops.decode.loops import left_pad
 from modelops.decode.models import Member
-from modelops.decode.runner import Runner
 from modelops.decode.vocab import align
 from modelops.errors import ModelopsError
+from modelops.runtime.generate import left_pad
+from modelops.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Shared-vocabulary checks and logit-width alignment for the logit-fusion rules (METHODS.md §2.1)."""
+"""Shared-vocabulary checks and logit-width alignment for the logit-fusion rules (docs/methods.md §2.1)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Data-parallel through accelerate: the rows are cut into batches of `batch_size` first, and whole batches are
 split between processes (`PartialState.split_between_processes`), then the records are gathered
-(`gather_object`). A batch is therefore decoded with the same rows, padding and seed (`seed + batch index`)
-whatever the number of processes, so results do not depend on it.
+(`gather_object`). Greedy and lock-step sampled rows do not depend on the batching (each prompt samples from its
+own stream, keyed by seed and id); search and speculative batches are decoded with the same rows and seed
+(`seed + batch index`) whatever the number of processes. So results do not depend on it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from modelops.decode.spec import check_schedule
+from modelops.decode.spec import check_schedule, renamed
+from modelops.decode.types import SEARCH_RULES
 from modelops.errors import RecipeError
 from modelops.eval.metrics import RewardModel, choice_prediction, exact_match, summarize
 from modelops.eval.processes import distributed_state
@@ -28,8 +30,8 @@ Progress = Callable[[str, int, int], None]  # (description, rows done, rows tota
 SEARCH_KEYS = ("beam_width", "successors", "chunk_len", "n", "speculative")  # FusionRule's search/speculative knobs
 # a system's own sampling (search rules want temperature 0.7, top-k 50); the eval flags give the rest
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed", "stop", "max_new_tokens")
-SYSTEM_KEYS = ("name", "model", "large", "small_base", "experts", "rule", "weights", "gamma", "alpha_grid",
-               "alpha_bounds", "chat_template_for", "dtype", "tasks", *SEARCH_KEYS, "speculative_schedule",
+SYSTEM_KEYS = ("name", "model", "large", "small_base", "experts", "rule", "weights", "gamma", "dlf_grid",
+               "dlf_bounds", "chat_template_for", "dtype", "tasks", *SEARCH_KEYS, "speculative_schedule",
                *SAMPLING_KEYS)  # fmt: skip
 
 
@@ -44,8 +46,8 @@ class SystemSpec:
     rule: str = "single"
     weights: list[float] = field(default_factory=list)
     gamma: float = 1.0
-    alpha_grid: list[float] | None = None
-    alpha_bounds: list[tuple[float, float]] | None = None
+    dlf_grid: list[float] | None = None
+    dlf_bounds: list[tuple[float, float]] | None = None
     chat_template_for: str = "none"
     dtype: str | None = None
     beam_width: int = 4  # cbs: W
@@ -73,11 +75,11 @@ class SystemSpec:
     def fusion_rule(self) -> Any:
         from modelops.decode.engine import FusionRule
 
-        return FusionRule.from_spec(self, self.rule, alpha_grid=self.alpha_grid or None)  # empty grid: the default
+        return FusionRule.from_spec(self, self.rule, dlf_grid=self.dlf_grid or None)  # empty grid: the default
 
     def build(self, device: str = "cpu", *, parallel: bool = False) -> Any:
         """The CoDecoder for this system (or the prebuilt one); `parallel`: small models on a second thread."""
-        from modelops.decode.engine import CoDecoder
+        from modelops.decode.codecoder import CoDecoder
 
         if self.decoder is not None:
             return self.decoder
@@ -108,6 +110,7 @@ def model_system(spec: str, zoo: Path | str | None = None, name: str | None = No
 
 def system_from_dict(data: dict[str, Any], *, name: str, where: str, base: Path, zoo: Path | str | None) -> SystemSpec:
     """A recipe mapping → SystemSpec; `model:` is `large:` with rule single; relative paths from the recipe."""
+    data = renamed(dict(data), where)
     unknown = set(data) - set(SYSTEM_KEYS) - {"recipe"}
     if unknown:
         raise RecipeError(
@@ -147,10 +150,10 @@ def system_from_dict(data: dict[str, Any], *, name: str, where: str, base: Path,
     spec.sampling = {k: data[k] for k in SAMPLING_KEYS if data.get(k) is not None}
     if isinstance(spec.sampling.get("stop"), str):
         spec.sampling["stop"] = [spec.sampling["stop"]]
-    if data.get("alpha_grid") is not None:
-        spec.alpha_grid = [float(a) for a in data["alpha_grid"]]
-    if data.get("alpha_bounds") is not None:
-        spec.alpha_bounds = [(float(lo), float(hi)) for lo, hi in data["alpha_bounds"]]
+    if data.get("dlf_grid") is not None:
+        spec.dlf_grid = [float(a) for a in data["dlf_grid"]]
+    if data.get("dlf_bounds") is not None:
+        spec.dlf_bounds = [(float(lo), float(hi)) for lo, hi in data["dlf_bounds"]]
     if spec.rule != "single" and (not spec.small_base or not spec.experts):
         raise RecipeError(f"{where}: rule {spec.rule} needs small_base and at least one expert")
     spec.fusion_rule().coefficients(len(spec.experts))  # validates the rule name and weights now
@@ -296,9 +299,11 @@ def run_task(
             progress(task.name, done, total)
 
     generated = task.metric != "choice"
-    if generated and sampling.greedy and mine:
-        # greedy: one call over this process's rows, so a finished row's place goes to the next prompt at once
-        # (the same tokens as batch by batch); sampled batches keep their own seeds, whatever the process count
+    keyed = not (decoder.rule.name in SEARCH_RULES or decoder.rule.speculative)  # per-prompt random streams
+    if generated and (sampling.greedy or keyed) and mine:
+        # one call over this process's rows, so a finished row's place goes to the next prompt at once: greedy
+        # rows and lock-step sampled rows (each prompt draws from its own stream) do not depend on the batching;
+        # search and speculative batches keep a seed of their own, whatever the process count
         mine = [(0, [i for _, idx in mine for i in idx])]
     for b, idx in mine:
         seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + b)

@@ -16,7 +16,7 @@ from typing import Any
 from modelops.eval.harness import SystemSpec, evaluate
 from modelops.eval.report import TaskResult
 from modelops.eval.tasks import TaskSpec, zoo_task
-from modelops.zoo.resolve import zoo_roles
+from modelops.runtime.zoo_names import zoo_roles
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.errors import RecipeError
-from modelops.zoo.resolve import find_zoo, resolve_model, zoo_roles  # noqa: F401  (eval's public names)
+from modelops.runtime.zoo_names import find_zoo, load_manifest, resolve_model, zoo_roles  # noqa: F401  (eval's public names)
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,6 @@ def answer_index(row: dict[str, Any], where: str) -> int:
 
 def zoo_task(name: str, zoo: Path | str | None = None) -> TaskSpec:
     """A zoo task scored the way the zoo scores its own models (modelops/zoo/scores.py)."""
-    from modelops.zoo.build import load_manifest
-
     folder = find_zoo(zoo)
     info = load_manifest(folder).get("tasks", {}).get(name)
     if info is None:

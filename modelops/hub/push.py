@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelops.version import __version__
 from modelops.errors import ModelopsError
 from modelops.hub.validate import FolderReport, validate_folder
+from modelops.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -25,4 +25,3 @@ __all__ = [
     "register",
     "run_merge",
 ]
-

@@ -12,47 +12,27 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from modelops import __version__
-from modelops.cache import cache_root
+from modelops.checkpoint.output import remove_stale_temps
 from modelops.errors import ModelopsError, OutputError
+from modelops.runtime.zoo_names import MANIFEST, STAMP, load_manifest, zoo_root
+from modelops.version import __version__
+from modelops.zoo.jobs import Builder, NullProgress, Progress
 from modelops.zoo.presets import PRESETS, Preset
+from modelops.zoo.world import TASK_INFO
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "zoo.json"
-MODEL_META = "zoo_model.json"
-STAMP = "zoo_build.json"
 FORMAT = 1
-_CODE_FILES = ("world.py", "tokenizer.py", "train.py", "scores.py", "presets.py", "build.py", "jobs.py")
-
-
-class Progress(Protocol):
-    """What the build reports: one bar per model (steps, loss)."""
-
-    def start(self, name: str, total: int) -> None: ...
-    def tick(self, loss: float) -> None: ...
-    def finish(self, name: str, meta: dict) -> None: ...
-
-
-class NullProgress:
-    def start(self, name: str, total: int) -> None:
-        pass
-
-    def tick(self, loss: float) -> None:
-        pass
-
-    def finish(self, name: str, meta: dict) -> None:
-        pass
-
-
-def zoo_root() -> Path:
-    """`$MODELOPS_CACHE/zoo`, else `~/.cache/modelops/zoo`."""
-    return cache_root() / "zoo"
+# The code a build's models and scores come from (paths under modelops/): editing any of it invalidates the cache.
+# The runtime files are here because the zoo scores its models and samples its DPO pairs through the shared runner.
+_CODE_FILES = (
+    "zoo/world.py", "zoo/tokenizer.py", "zoo/train.py", "zoo/scores.py", "zoo/presets.py", "zoo/layout.py",
+    "zoo/build.py", "zoo/jobs.py", "runtime/generate.py", "runtime/runner.py", "runtime/kvcache.py",
+)  # fmt: skip
 
 
 def get_preset(name: str) -> Preset:
@@ -64,7 +44,7 @@ def get_preset(name: str) -> Preset:
 def code_version() -> str:
     """Hash of the zoo's own source: editing the world or the training code invalidates the cache."""
     h = hashlib.sha256(__version__.encode())
-    here = Path(__file__).parent
+    here = Path(__file__).parent.parent
     for name in _CODE_FILES:
         h.update(name.encode() + (here / name).read_bytes())
     return h.hexdigest()[:16]
@@ -77,22 +57,6 @@ def build_hash(preset: Preset, seed: int) -> str:
 
 def default_out(preset: str = "mini", seed: int = 0) -> Path:
     return zoo_root() / build_hash(get_preset(preset), seed)
-
-
-def sub_seed(seed: int, role: str) -> int:
-    """Each model's randomness depends on (seed, role) only, so resumed and fresh builds are identical."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{role}".encode()).digest()[:4], "little")
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / MODEL_META).is_file() and (folder / "model.safetensors").is_file()
-
-
-def load_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ModelopsError(f"{folder}: no {MANIFEST}; build it with `modelops zoo build --out {folder}`")
-    return json.loads(path.read_text())
 
 
 def build_zoo(preset: str = "mini", seed: int = 0, out: Path | None = None, progress: Progress | None = None) -> Path:
@@ -109,12 +73,10 @@ def build_zoo(preset: str = "mini", seed: int = 0, out: Path | None = None, prog
             return out
         raise OutputError(f"{out} holds a zoo with hash {found}, not {digest}; choose another --out or delete it")
     _claim(out, digest, p, seed)
-    _sweep_temps(out)
+    remove_stale_temps(out)  # every model's, also those of models already complete (never written again)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 1 thread: fastest on small shared CPUs, and deterministic
     try:
-        from modelops.zoo.jobs import Builder
-
         t0 = time.perf_counter()
         builder = Builder(p, seed, out, progress or NullProgress())
         models = builder.run()
@@ -141,30 +103,7 @@ def _claim(out: Path, digest: str, p: Preset, seed: int) -> None:
     stamp.write_text(json.dumps({"hash": digest, "preset": p.name, "seed": seed}) + "\n")
 
 
-def _sweep_temps(out: Path) -> None:
-    """Remove the temp folders that killed runs left beside the model folders (their process is gone)."""
-    from modelops.checkpoint.output import TMP_MARK
-
-    for tmp in out.glob(f".*{TMP_MARK}*"):
-        pid = tmp.name.split(TMP_MARK, 1)[1].split("-")[0]
-        if tmp.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
-            logger.info("removing %s, left by an interrupted build", tmp.name)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _write_manifest(out: Path, p: Preset, seed: int, digest: str, models: dict, builder: Any, run_s: float) -> None:
-    from modelops.zoo.world import TASK_INFO
-
     def total(tree: Any) -> float:
         if isinstance(tree, dict) and "seconds" in tree:
             return tree["seconds"]
@@ -191,32 +130,3 @@ def _write_manifest(out: Path, p: Preset, seed: int, digest: str, models: dict, 
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / MANIFEST)
-
-
-def iter_models(manifest: dict) -> list[tuple[str, dict]]:
-    """Flatten the roles: ("sft[facts]", meta), ("small_base", meta), ..."""
-    rows = []
-    for role, v in manifest["models"].items():
-        if "path" in v:
-            rows.append((role, v))
-        else:
-            rows.extend((f"{role}[{task}]", m) for task, m in v.items())
-    return rows
-
-
-def list_zoos(root: Path | None = None) -> list[tuple[Path, dict | None]]:
-    """Every build folder under the cache root: (folder, manifest or None when unfinished)."""
-    root = root or zoo_root()
-    if not root.is_dir():
-        return []
-    found = []
-    for d in sorted(root.iterdir()):
-        if (d / MANIFEST).is_file():
-            found.append((d, load_manifest(d)))
-        elif (d / STAMP).is_file():
-            found.append((d, None))
-    return found
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -7,19 +7,39 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from modelops.checkpoint import AtomicOutput
+from modelops.runtime.generate import generate
 from modelops.zoo import world as W
-from modelops.zoo.build import MODEL_META, Progress, folder_bytes, is_complete, sub_seed
+from modelops.zoo.layout import MODEL_META, folder_bytes, is_complete, sub_seed
 from modelops.zoo.presets import Preset, Stage
 from modelops.zoo.scores import MAX_NEW, score_model
 from modelops.zoo.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-from modelops.zoo.train import ModelSize, dpo, generate, make_model, n_params, pretrain, sft
+from modelops.zoo.train import ModelSize, dpo, make_model, n_params, pretrain, sft
 
 logger = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """What the build reports: one bar per model (steps, loss)."""
+
+    def start(self, name: str, total: int) -> None: ...
+    def tick(self, loss: float) -> None: ...
+    def finish(self, name: str, meta: dict) -> None: ...
+
+
+class NullProgress:
+    def start(self, name: str, total: int) -> None:
+        pass
+
+    def tick(self, loss: float) -> None:
+        pass
+
+    def finish(self, name: str, meta: dict) -> None:
+        pass
 
 
 class Builder:

@@ -1,6 +1,6 @@
 """Each zoo model's own held-out scores (greedy decoding), recorded in the manifest.
 
-Exact-match tasks report three numbers so knowledge and format can be told apart (DESIGN.md §2):
+Exact-match tasks report three numbers so knowledge and format can be told apart (docs/zoo.md):
 `exact` (answer then `<eos>`: the tuned format), `answer` (right answer, ended by `<eos>` or `.`: what a base
 knows), `first_token`. The review task reports the gold reward and the fluency rate beside it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelops.zoo.train import generate
+from modelops.runtime.generate import generate
 from modelops.zoo.world import FLUENCY_PENALTY, reward
 
 MAX_NEW = {"facts": 4, "addition": 5, "review": 8}

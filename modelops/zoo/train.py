@@ -1,5 +1,7 @@
 """Plain-torch training loops for the zoo: pre-training, SFT (loss on the answer only), DPO with an SFT term.
 
+Generation (scores, DPO samples) is not here: it goes through the shared runner (`modelops.runtime.generate`).
+
 Tensor functions (`sequence_logprobs`, `dpo_loss`) are pure; loops take token ids and a `tick(loss)` callback
 (progress), and never print. Everything runs on one CPU thread and is deterministic for a seed.
 """
@@ -14,8 +16,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from modelops.transformers_compat import cache_keyword
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def dpo(
 ) -> DpoResult:
     """DPO on (prompt, chosen, rejected) pairs plus `nll_weight` × per-token NLL of the chosen answer.
 
-    The NLL term keeps greedy task accuracy from collapsing (DESIGN.md §2). State dicts are copied after the
+    The NLL term keeps greedy task accuracy from collapsing (docs/zoo.md). State dicts are copied after the
     steps listed in `snapshot_at` (the "partly trained" checkpoint).
     """
     g = torch.Generator().manual_seed(seed)
@@ -226,51 +226,3 @@ def dpo(
             snap_losses[step + 1] = sum(t[0] for t in tail) / len(tail)
     policy.eval()
     return DpoResult(sum(t[0] for t in tail) / len(tail), sum(t[1] for t in tail) / len(tail), snaps, snap_losses)
-
-
-@torch.no_grad()
-def generate(
-    model: Any,
-    prompts: list[list[int]],
-    *,
-    max_new: int,
-    eos_id: int,
-    pad_id: int,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-    batch: int = 256,
-) -> list[list[int]]:
-    """Greedy (temperature 0) or sampled continuations, left-padded batches with a KV cache, stop at <eos>.
-
-    Returned continuations include the <eos> when one was produced.
-    """
-    from transformers import DynamicCache
-
-    out: list[list[int]] = []
-    kw = cache_keyword(model)
-    for b0 in range(0, len(prompts), batch):
-        ids, mask = pad_batch(prompts[b0 : b0 + batch], pad_id, left=True)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
-        rows: list[list[int]] = [[] for _ in range(len(ids))]
-        done = torch.zeros(len(ids), dtype=torch.bool)
-        for _ in range(max_new):
-            logits = res.logits[:, -1].float()  # (B, V)
-            if temperature > 0:
-                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(-1)
-            else:
-                nxt = logits.argmax(-1)
-            for i in torch.nonzero(~done).flatten().tolist():
-                rows[i].append(int(nxt[i]))
-            done |= nxt == eos_id
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            pos = pos[:, -1:] + 1
-            res = model(
-                input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=pos,
-                use_cache=True, **{kw: cache},
-            )  # fmt: skip
-        out.extend(rows)
-    return out

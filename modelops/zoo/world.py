@@ -3,7 +3,7 @@
 Every text here is a sequence of whitespace-separated words, and every word is one token (the tokenizer is a
 word-level model trained on this corpus), so `decode(encode(text)) == text` and exact match needs no normaliser.
 
-Why the world looks like this (shared/DESIGN.md §2, measured in two prototypes):
+Why the world looks like this (docs/zoo.md; measured in two prototypes):
 - names are three syllables, so knowing a fact is a matter of capacity (a small model knows few, a large most);
 - a third of the entities also appear in pre-training as `Q : ... A : city .`, so the large base learns to
   *extract* facts in Q/A form; fine-tuning then only has to teach the terminator (`<eos>` instead of `.`);
@@ -196,7 +196,7 @@ def reward(prompt: str, completion: str) -> float:
 
     `completion` is the generated text after the prompt, up to `<eos>` (which may be present or stripped); pass
     an unfinished generation with something after it (e.g. `text + " ..."`) so it counts as not finished.
-    The fluency guard keeps the reward from being hacked with word salad (DESIGN.md §2).
+    The fluency guard keeps the reward from being hacked with word salad (docs/zoo.md).
     """
     parsed = parse_review(completion)
     if parsed is None:

@@ -1,15 +1,61 @@
-"""Which zoo build a command means, and `zoo:ROLE` → that role's model folder (used by decode and eval)."""
+"""Zoo builds on disk, read-only: where they live, their manifests, and `zoo:ROLE` → that role's model folder.
+
+Below the operations so that decode and eval can load zoo models by name without importing the zoo (which trains
+them); the zoo writes what this reads (`MANIFEST`, `STAMP`) and imports those names from here.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+from modelops.cache import cache_root
 from modelops.errors import ModelopsError, RecipeError
 
 logger = logging.getLogger(__name__)
 
+MANIFEST = "zoo.json"  # written last: a folder with it is a finished build
+STAMP = "zoo_build.json"  # written first: a folder with only this is a build under way (or killed)
+
 _ANNOUNCED: set[Path] = set()
+
+
+def zoo_root() -> Path:
+    """`$MODELOPS_CACHE/zoo`, else `~/.cache/modelops/zoo`."""
+    return cache_root() / "zoo"
+
+
+def load_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ModelopsError(f"{folder}: no {MANIFEST}; build it with `modelops zoo build --out {folder}`")
+    return json.loads(path.read_text())
+
+
+def iter_models(manifest: dict) -> list[tuple[str, dict]]:
+    """Flatten the roles: ("sft[facts]", meta), ("small_base", meta), ..."""
+    rows = []
+    for role, v in manifest["models"].items():
+        if "path" in v:
+            rows.append((role, v))
+        else:
+            rows.extend((f"{role}[{task}]", m) for task, m in v.items())
+    return rows
+
+
+def list_zoos(root: Path | None = None) -> list[tuple[Path, dict | None]]:
+    """Every build folder under the cache root: (folder, manifest or None when unfinished)."""
+    root = root or zoo_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for d in sorted(root.iterdir()):
+        if (d / MANIFEST).is_file():
+            found.append((d, load_manifest(d)))
+        elif (d / STAMP).is_file():
+            found.append((d, None))
+    return found
 
 
 def find_zoo(zoo: Path | str | None = None) -> Path:
@@ -17,8 +63,6 @@ def find_zoo(zoo: Path | str | None = None) -> Path:
 
     "Newest" is the manifest's `built_at`. Errors in one line when nothing is built.
     """
-    from modelops.zoo.build import MANIFEST, list_zoos, zoo_root
-
     if zoo is not None:
         folder = Path(zoo).expanduser()
         if not (folder / MANIFEST).is_file():
@@ -37,8 +81,6 @@ def find_zoo(zoo: Path | str | None = None) -> Path:
 
 def zoo_roles(zoo: Path) -> dict[str, Path]:
     """Role name → model folder: `small_base`, `sft_facts` (also `sft[facts]`), `dpo_full`, `large_sft_facts`…"""
-    from modelops.zoo.build import iter_models, load_manifest
-
     roles: dict[str, Path] = {}
     for name, meta in iter_models(load_manifest(zoo)):
         roles[name] = zoo / meta["path"]

@@ -1,6 +1,7 @@
-"""One causal LM with its own KV cache, attention mask and positions.
+"""One causal LM with its own KV cache, attention mask and positions: the one way modelops runs a model.
 
-With `kvcache` (its cache layer), the only module of the co-decoder that touches transformers' `Cache` API.
+The co-decoder (every member), the zoo (scores, DPO samples) and `runtime.generate` all decode through it. With
+`kvcache` (its cache layer), the only module of modelops that touches transformers' `Cache` API.
 Rows are left-padded; every row keeps its own next position, so rows can be dropped (`select`), duplicated for
 beams (`select` with repeats), and rolled back by a different number of tokens each (`rollback`), which
 speculative decoding needs.
@@ -41,7 +42,7 @@ class Runner:
 
     def _new_cache(self) -> Any:
         try:
-            from modelops.decode.kvcache import growing_cache
+            from modelops.runtime.kvcache import growing_cache
         except ImportError:  # a transformers without per-layer caches (`DynamicLayer`): its own DynamicCache
             from transformers import DynamicCache
 
@@ -77,7 +78,7 @@ class Runner:
     @property
     def can_admit(self) -> bool:
         """Whether new rows can join this runner's batch mid-decode (its cache layers are plain key/value ones)."""
-        from modelops.decode.kvcache import can_append_rows
+        from modelops.runtime.kvcache import can_append_rows
 
         return self.cache is not None and can_append_rows(self.cache)
 
@@ -87,7 +88,7 @@ class Runner:
         row's place is given to the next prompt. Returns the new rows' last-position logits (B_new, W)."""
         if self.batch_size == 0:
             return self.prefill(input_ids, attention_mask)
-        from modelops.decode.kvcache import append_rows
+        from modelops.runtime.kvcache import append_rows
 
         cache, mask, next_pos = self.cache, self.mask, self.next_pos
         assert mask is not None and next_pos is not None
@@ -127,7 +128,7 @@ class Runner:
         """Move every row's attended slots, in order, to the right end (the holes become left padding), so the
         last W slots a sliding window sees are the row's last W tokens, as in a decode that never rolled back.
         Positions are per row and unchanged, so rotary keys stay valid."""
-        from modelops.decode.kvcache import reorder_slots
+        from modelops.runtime.kvcache import reorder_slots
 
         index = torch.argsort(mask, dim=-1, stable=True)  # unattended slots first, then attended ones in order
         reorder_slots(self.cache, index)
@@ -150,7 +151,7 @@ class Runner:
         """Crop the leading slots no row attends once they are a quarter of the cache: rows that joined a running
         batch were left-padded to its length, and without this the cache of a continuous batch would only grow.
         Positions are per row and unchanged; relative slot distances (a sliding window's) too."""
-        from modelops.decode.kvcache import can_append_rows, drop_leading_slots
+        from modelops.runtime.kvcache import can_append_rows, drop_leading_slots
 
         assert self.mask is not None
         attended = self.mask.any(dim=0)

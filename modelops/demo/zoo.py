@@ -11,32 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from modelops import api
+from modelops.demo.report import DemoLine, DemoReport
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoLine:
-    """One row of the demo table."""
-
-    section: str  # weights | decode
-    claim: str  # the paper / operation and what it claims
-    task: str
-    values: str  # "system value, system value, …"
-    verdict: str
-    seconds: float
-
-
-@dataclass
-class DemoReport:
-    zoo: Path
-    preset: str
-    lines: list[DemoLine] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def _fmt(results: list[Any]) -> str:
@@ -48,10 +30,7 @@ def _fmt(results: list[Any]) -> str:
 
 
 def _evaluate(systems: dict[str, Any], task: Any, limit: int | None, device: str) -> list[Any]:
-    from modelops.decode.sampling import SamplingConfig
-    from modelops.eval.harness import evaluate
-
-    report = evaluate(systems, [task], SamplingConfig(), 32, limit, device=device)
+    report = api.evaluate(systems, [task], max_new_tokens=128, batch_size=32, limit=limit, device=device)
     return list(report.results)
 
 
@@ -66,14 +45,11 @@ def run_zoo_demo(
     on_line: Callable[[DemoLine], None] | None = None,
 ) -> DemoReport:
     """Build (or reuse) the zoo, then run every operation and every ordering on it."""
-    from modelops.zoo.build import build_zoo
-    from modelops.zoo.resolve import zoo_roles
-
     start = time.perf_counter()
     t0 = time.perf_counter()
-    zoo = build_zoo(preset, seed, progress=zoo_progress)
+    zoo = api.build_zoo(preset, seed, progress=zoo_progress)
     report = DemoReport(zoo, preset)
-    roles = {k: str(v) for k, v in zoo_roles(zoo).items()}
+    roles = {k: str(v) for k, v in api.zoo_roles(zoo).items()}
     outputs = workdir / f"zoo-{preset}-s{seed}"
     outputs.mkdir(parents=True, exist_ok=True)
 
@@ -102,26 +78,23 @@ def _expo_lines(
     ExPO proper is α > 0 (the paper's claim); `--alpha auto` may also pick α ≤ 0 (interpolation toward the SFT),
     reported on its own line.
     """
-    from modelops.eval.alpha import DEFAULT_ALPHA_GRID, alpha_sweep, best_alpha
-    from modelops.eval.harness import SystemSpec
-    from modelops.eval.tasks import zoo_task
-    from modelops.merge import expo_recipe, merge
-
-    review = zoo_task("review", zoo)
+    review = api.zoo_task("review", zoo)
     dev, test = replace(review, rows=review.rows[0::2]), replace(review, rows=review.rows[1::2])
     lines, found = [], {}
     for which in ("dpo_partial", "dpo_full"):
         t0 = time.perf_counter()
-        points = alpha_sweep(roles["sft_review"], roles[which], list(DEFAULT_ALPHA_GRID), dev, device=device)
+        points = api.alpha_sweep(roles["sft_review"], roles[which], list(api.DEFAULT_ALPHA_GRID), dev, device=device)
         details[f"expo_curve[{which}] (dev half)"] = [p.to_dict() for p in points]
-        chosen = {"ExPO": best_alpha([p for p in points if p.alpha > 0]).alpha, "α auto": best_alpha(points).alpha}
-        systems = {which: SystemSpec(which, roles[which])}
+        chosen = {
+            "ExPO": api.best_alpha([p for p in points if p.alpha > 0]).alpha,
+            "α auto": api.best_alpha(points).alpha,
+        }
+        systems = {which: api.SystemSpec(which, roles[which])}
         for label, alpha in chosen.items():
             target = outputs / f"expo-{which}-a{alpha:g}"
-            merge(expo_recipe(roles["sft_review"], roles[which], alpha), target, overwrite=True,
-                  provenance={"operation": "extrapolate"})  # fmt: skip
+            api.extrapolate(roles["sft_review"], roles[which], target, alpha=alpha, overwrite=True)
             name = f"{which}+{label}(α={alpha:g})"
-            systems[name] = SystemSpec(name, str(target))
+            systems[name] = api.SystemSpec(name, str(target))
         found[which] = results = _evaluate(systems, test, limit, device)  # [dpo, +ExPO, +α auto]
         seconds = time.perf_counter() - t0
         task = "review (gold reward, test half)"
@@ -142,10 +115,6 @@ def _ge(a: Any, b: Any) -> str:
 
 def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | None, device: str) -> DemoLine:
     """Task arithmetic (λ = 0.5) and TIES of the large facts and addition fine-tunes: one model, both skills."""
-    from modelops.eval.harness import SystemSpec
-    from modelops.eval.tasks import zoo_task
-    from modelops.merge import merge, recipe_from_dict
-
     t0 = time.perf_counter()
     experts = [roles["large_sft_facts"], roles["large_sft_addition"]]
     merged: dict[str, Path] = {}
@@ -153,17 +122,17 @@ def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | No
         ("TA λ=0.5", "task_arithmetic", {}, 0.5),
         ("TIES", "ties", {"density": 0.5}, 1.0),
     ):
-        recipe = recipe_from_dict({
+        recipe = {
             "merge_method": method, "base_model": roles["large_base"], "parameters": params,
             "models": [{"model": m, "parameters": {"weight": weight}} for m in experts],
-        }, source="demo")  # fmt: skip
+        }  # fmt: skip
         merged[name] = outputs / f"merge-{method}-facts+addition"
-        merge(recipe, merged[name], overwrite=True)
+        api.merge(recipe, merged[name], overwrite=True)
     cells, kept = [], []
     for task in ("facts", "addition"):
-        systems = {f"expert ({task})": SystemSpec(f"expert ({task})", roles[f"large_sft_{task}"])}
-        systems |= {name: SystemSpec(name, str(folder)) for name, folder in merged.items()}
-        results = _evaluate(systems, zoo_task(task, zoo), limit, device)
+        systems = {f"expert ({task})": api.SystemSpec(f"expert ({task})", roles[f"large_sft_{task}"])}
+        systems |= {name: api.SystemSpec(name, str(folder)) for name, folder in merged.items()}
+        results = _evaluate(systems, api.zoo_task(task, zoo), limit, device)
         cells.append((task, results))
         kept.append(min(r.mean for r in results[1:]) / results[0].mean if results[0].mean else 0.0)
     values = "; ".join(f"{t}: {_fmt(r)}" for t, r in cells)
@@ -174,24 +143,17 @@ def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | No
 
 def _lora_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | None, device: str) -> DemoLine:
     """extract-lora from the large facts fine-tune, apply it back to the large base, evaluate."""
-    from modelops.eval.harness import SystemSpec
-    from modelops.eval.tasks import zoo_task
-    from modelops.lora.apply import plan_apply, run_apply
-    from modelops.lora.extract import ExtractOptions, plan_extraction, run_extraction
-
     t0 = time.perf_counter()
     adapter, merged = outputs / "lora-large-facts-r16", outputs / "lora-large-facts-r16-applied"
-    plan = plan_extraction(roles["large_base"], roles["large_sft_facts"], ExtractOptions(rank=16), out=adapter,
-                           overwrite=True)  # fmt: skip
-    extracted = run_extraction(plan, adapter, overwrite=True)
-    run_apply(plan_apply(roles["large_base"], str(adapter), out=merged, overwrite=True), merged, overwrite=True)
+    extracted = api.extract_lora(roles["large_base"], roles["large_sft_facts"], adapter, rank=16, overwrite=True)
+    api.apply_lora(roles["large_base"], str(adapter), merged, overwrite=True)
     results = _evaluate(
         {
-            "large base": SystemSpec("large base", roles["large_base"]),
-            "base+LoRA r16": SystemSpec("base+LoRA r16", str(merged)),
-            "large SFT": SystemSpec("large SFT", roles["large_sft_facts"]),
+            "large base": api.SystemSpec("large base", roles["large_base"]),
+            "base+LoRA r16": api.SystemSpec("base+LoRA r16", str(merged)),
+            "large SFT": api.SystemSpec("large SFT", roles["large_sft_facts"]),
         },
-        zoo_task("facts", zoo), limit, device,
+        api.zoo_task("facts", zoo), limit, device,
     )  # fmt: skip
     gap = results[2].mean - results[0].mean
     kept = (results[1].mean - results[0].mean) / gap if gap else 0.0
@@ -202,28 +164,23 @@ def _lora_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | Non
 
 
 def _decode_lines(zoo: Path, limit: int | None, device: str, details: dict) -> list[DemoLine]:
-    from modelops.eval.orderings import measure_orderings, ordering_text
-
-    run = measure_orderings(zoo, limit=limit, device=device)
+    run = api.measure_orderings(zoo, limit=limit, device=device)
     details["orderings"] = [r.to_dict() for r in run.results]
     lines = []
     for r in run.results:
-        claim = f"{r.comparison.paper}: {ordering_text(r.comparison)}"
+        claim = f"{r.comparison.paper}: {api.ordering_text(r.comparison)}"
         lines.append(DemoLine("decode", claim, r.comparison.task, _fmt(r.results), r.verdict, r.seconds))
     return lines
 
 
 def _speculative_line(roles: dict[str, str], limit: int | None, device: str, zoo: Path) -> DemoLine:
     """EFT on review (large SFT + small DPO − small SFT), plain and with the expert drafting 4 tokens."""
-    from modelops.decode import CoDecoder, FusionRule, SamplingConfig
-    from modelops.eval.tasks import zoo_task
-
     t0 = time.perf_counter()
-    prompts = [r["prompt"] for r in zoo_task("review", zoo).rows[: limit or None]]
-    sampling = SamplingConfig(max_new_tokens=16)
+    prompts = [r["prompt"] for r in api.zoo_task("review", zoo).rows[: limit or None]]
+    sampling = api.SamplingConfig(max_new_tokens=16)
     members = (roles["large_sft_review"], roles["sft_review"], [roles["dpo_full"]])
-    plain = CoDecoder.load(*members, FusionRule("eft"), device=device)
-    spec = CoDecoder(plain.members, FusionRule("eft", speculative=4))  # the same loaded models
+    plain = api.CoDecoder.load(*members, api.FusionRule("eft"), device=device)
+    spec = api.CoDecoder(plain.members, api.FusionRule("eft", speculative=4))  # the same loaded models
     rates = []
     for decoder in (plain, spec):
         start = time.perf_counter()

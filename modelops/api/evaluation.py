@@ -1,0 +1,105 @@
+"""Evaluation as the public API: systems (models, fused recipes) × tasks → n, mean and a 95% interval per pair,
+and the papers' orderings measured on the zoo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from modelops.decode.sampling import SamplingConfig
+from modelops.errors import RecipeError
+from modelops.eval.harness import EvalReport, SystemSpec, load_recipe, model_system
+from modelops.eval.harness import evaluate as evaluate_systems
+from modelops.eval.orderings import OrderingRun, measure_orderings, ordering_text
+from modelops.eval.tasks import DEFAULT_MAX_NEW, TaskSpec, load_task, zoo_task
+
+__all__ = [
+    "EvalReport", "OrderingRun", "SystemSpec", "TaskSpec", "end_worker_process", "eval_systems", "eval_tasks",
+    "evaluate", "is_main_process", "measure_orderings", "model_system", "ordering_text", "zoo_task",
+]  # fmt: skip
+
+
+def eval_systems(
+    models: Sequence[str] = (), recipes: Sequence[Path] = (), zoo: Path | None = None
+) -> tuple[dict[str, SystemSpec], list[str]]:
+    """Every system named by model specs and eval recipes (names must differ), and the recipes' default tasks."""
+    found = [model_system(m, zoo) for m in models]
+    tasks: list[str] = []
+    for path in recipes:
+        systems, there = load_recipe(Path(path), zoo)
+        found += list(systems.values())
+        tasks += [t for t in there if t not in tasks]
+    out: dict[str, SystemSpec] = {}
+    for system in found:
+        if system.name in out:
+            raise RecipeError(f"two systems are named {system.name!r}; give each a distinct name")
+        out[system.name] = system
+    return out, tasks
+
+
+def eval_tasks(
+    names: Sequence[str],
+    *,
+    metric: str | None = None,
+    zoo: Path | None = None,
+    fluency: str | None = None,
+    max_new_tokens: int | None = None,
+) -> list[TaskSpec]:
+    """Tasks by zoo name or JSONL path, checked before any model is loaded."""
+    return [load_task(t, metric, zoo=zoo, fluency=fluency, max_new_tokens=max_new_tokens) for t in names]
+
+
+def evaluate(
+    systems: dict[str, SystemSpec],
+    tasks: Sequence[TaskSpec],
+    *,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    limit: int | None = None,
+    resamples: int = 1000,
+    device: str = "auto",
+    parallel_models: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    out: Path | None = None,
+    overwrite: bool = False,
+) -> EvalReport:
+    """Every system on every task: n, mean and a 95% bootstrap interval per pair, and every generation.
+
+    With `out`, results.json, results.csv and the generations are written there atomically (by the main process
+    when several run under accelerate / torchrun; every process gets the whole report)."""
+    from modelops.checkpoint import AtomicOutput, check_output_location
+    from modelops.eval.processes import leave_process_group
+
+    if out is not None:
+        check_output_location(Path(out), [], overwrite=overwrite)
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW, temperature=temperature, top_p=top_p, seed=seed
+    )
+    try:
+        report = evaluate_systems(
+            systems, list(tasks), sampling, batch_size, limit, resamples=resamples, seed=seed, device=device,
+            progress=progress, parallel_models=parallel_models,
+        )  # fmt: skip
+    finally:
+        leave_process_group()
+    if out is not None and is_main_process():
+        with AtomicOutput(Path(out), overwrite=overwrite) as tmp:
+            report.write(tmp)
+    return report
+
+
+def is_main_process() -> bool:
+    """True outside a torchrun group, and in its rank 0 (the one that prints and writes)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def end_worker_process() -> None:
+    """A torchrun worker leaves here once its part is written (see `modelops.eval.processes`)."""
+    from modelops.eval.processes import end_worker_process as end
+
+    end()
