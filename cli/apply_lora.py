@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from modelops.cli.common import (
-    ByteProgress,
     Device,
     DryRun,
     DtypeOpt,
@@ -21,6 +20,7 @@ from modelops.cli.common import (
     human_bytes,
     setup,
 )  # fmt: skip
+from modelops.cli.progress import ByteProgress
 from modelops.cli.publishing import writes_folder
 
 HELP = """Merge a LoRA adapter into its base model: W + (α/r)·B·A per adapted tensor (rank/alpha patterns,

@@ -22,7 +22,7 @@ Threads = Annotated[
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder (atomically).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; write nothing.")]
 Resume = Annotated[
-    bool, typer.Option("--resume", help="Continue an interrupted run of the same command, keeping its finished shards.")
+    bool, typer.Option("--resume", help="Continue an interrupted run of the same command, keeping what it finished.")
 ]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; written atomically).")]
 DtypeOpt = Annotated[
@@ -97,58 +97,6 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     return f"{n:.2f} TB"
-
-
-class _Bar:
-    """A transient rich progress bar on stderr, or nothing when quiet; subclasses pick the columns."""
-
-    def __init__(self, total: int, description: str, quiet: bool) -> None:
-        self.total, self.description, self.quiet = total, description, quiet
-        self._progress: Any = None
-        self._task: Any = None
-
-    def _columns(self) -> list[Any]:
-        raise NotImplementedError
-
-    def __enter__(self) -> Any:
-        if not self.quiet:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn
-
-            columns = [TextColumn("{task.description}"), BarColumn(), *self._columns()]
-            self._progress = Progress(*columns, console=Console(stderr=True), transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task(self.description, total=self.total)
-        return self
-
-    def advance(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-class ByteProgress(_Bar):
-    """Bytes written, with speed and time left; called as progress(tensor_name, nbytes)."""
-
-    def _columns(self) -> list[Any]:
-        from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
-
-        return [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
-
-    def __call__(self, name: str, nbytes: int) -> None:
-        self.advance(nbytes)
-
-
-class CountProgress(_Bar):
-    """Items done of a total (prompts, rows), with elapsed time."""
-
-    def _columns(self) -> list[Any]:
-        from rich.progress import MofNCompleteColumn, TimeElapsedColumn
-
-        return [MofNCompleteColumn(), TimeElapsedColumn()]
 
 
 def print_merge_result(result: Any) -> None:

@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-from modelops.cli.common import Device, Overwrite, Quiet, Threads, err, handle_errors, setup
+from modelops.cli.common import Device, Overwrite, Quiet, Resume, Threads, err, handle_errors, setup
 from modelops.cli.decode_options import BatchSize, ParallelModels
+from modelops.cli.progress import TaskBars
 
 TaskOpt = Annotated[
     list[str] | None,
@@ -65,6 +66,7 @@ def eval_cmd(
         Path | None, typer.Option("--out", "-o", help="Write results.json, results.csv, generations_*.jsonl.")
     ] = None,
     overwrite: Overwrite = False,
+    resume: Resume = False,
     num_processes: Annotated[
         int, typer.Option("--num-processes", min=1, help="Data-parallel processes (accelerate launch).")
     ] = 1,
@@ -101,11 +103,11 @@ def eval_cmd(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per model load is noise here; ours shows the rows
-    bars = None if quiet or not rank0 else _Bars()
+    bars = None if quiet or not rank0 else TaskBars()
     try:
         report = api.evaluate(systems, specs, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               seed=seed, batch_size=batch_size, limit=limit, resamples=bootstrap, device=device,
-                              progress=bars, parallel_models=parallel_models, out=out,
+                              progress=bars, parallel_models=parallel_models, out=out, resume=resume,
                               overwrite=overwrite)  # fmt: skip
     finally:
         if bars is not None:
@@ -118,29 +120,6 @@ def eval_cmd(
         if out is not None:
             err(f"wrote results.json, results.csv and {len(report.results)} generations file(s) to {out}")
     api.end_worker_process()  # a torchrun worker leaves once everything is written
-
-
-class _Bars:
-    """One transient rich bar per (system, task) on stderr: rows done of this process's share."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True)  # fmt: skip
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, desc: str, done: int, total: int) -> None:
-        if desc not in self.tasks:
-            if not self.tasks:
-                self.bar.start()
-            self.tasks[desc] = self.bar.add_task(desc, total=total)
-        self.bar.update(self.tasks[desc], completed=done)
-
-    def close(self) -> None:
-        if self.tasks:
-            self.bar.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from modelops.cli.common import ByteProgress, Device, DryRun, OutDir, Overwrite, Quiet, Threads, human_bytes, setup
+from modelops.cli.common import Device, DryRun, OutDir, Overwrite, Quiet, Threads, human_bytes, setup
+from modelops.cli.progress import ByteProgress
 from modelops.cli.publishing import writes_folder
 
 HELP = """Extract a LoRA adapter from a full fine-tune: ΔW = W_tuned − W_base per linear layer, truncated SVD

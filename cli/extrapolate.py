@@ -9,7 +9,6 @@ import typer
 
 from modelops.cli.common import (
     AllowPickle,
-    ByteProgress,
     Device,
     DryRun,
     DtypeOpt,
@@ -24,6 +23,7 @@ from modelops.cli.common import (
     print_merge_result,
     setup,
 )  # fmt: skip
+from modelops.cli.progress import ByteProgress
 from modelops.cli.publishing import writes_folder
 
 HELP = """Extrapolate an aligned model away from its SFT start (ExPO, Zheng et al., arXiv 2404.16792).

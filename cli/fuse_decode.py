@@ -7,7 +7,6 @@ import typer
 from modelops.cli import decode_options as o
 from modelops.cli.common import (
     AllowPickle,
-    CountProgress,
     Device,
     Overwrite,
     Quiet,
@@ -17,6 +16,7 @@ from modelops.cli.common import (
     handle_errors,
     setup,
 )
+from modelops.cli.progress import CountProgress
 
 
 @handle_errors

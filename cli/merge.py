@@ -9,7 +9,6 @@ import typer
 
 from modelops.cli.common import (
     AllowPickle,
-    ByteProgress,
     Device,
     DryRun,
     DtypeOpt,
@@ -23,6 +22,7 @@ from modelops.cli.common import (
     print_merge_result,
     setup,
 )  # fmt: skip
+from modelops.cli.progress import ByteProgress
 from modelops.cli.publishing import writes_folder
 
 HELP = (
@@ -32,40 +32,6 @@ HELP = (
     "passthrough, expo. `slices:` stacks layers; `tokenizer_source: union` merges vocabularies. Flags override "
     "the recipe (--model/--weight/--density pair up in order). --dry-run on Hub repos reads only safetensors headers."
 )
-
-
-def recipe_data(
-    recipe: Path | None,
-    method: str | None,
-    base: str | None,
-    model: list[str] | None,
-    per_model: dict[str, list[float] | None],
-    params: list[str] | None,
-    top: dict[str, object],
-) -> dict:
-    """The recipe file's mapping with the command line's flags applied over it (mergekit's layout)."""  # fmt: skip
-    import yaml
-
-    from modelops import api
-
-    data = api.as_recipe(recipe).to_dict() if recipe else {}
-    data.update({k: v for k, v in (("merge_method", method), ("base_model", base)) if v})
-    if model:
-        data["models"] = [{"model": m} for m in model]
-    for key, values in per_model.items():
-        if values and len(values) != len(data.get("models") or []):
-            raise typer.BadParameter(f"{len(values)} --{key} value(s) for {len(data.get('models') or [])} model(s)")
-        for entry, v in zip(data.get("models") or [], values or [], strict=False):
-            entry.setdefault("parameters", {})[key] = v
-    for item in params or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--param {item!r}: expected KEY=VALUE, e.g. lambda=0.8")
-        data.setdefault("parameters", {})[key] = yaml.safe_load(value)
-    data.update({k: v for k, v in top.items() if v is not None})
-    if "merge_method" not in data:
-        raise typer.BadParameter("give --recipe or --method")
-    return data
 
 
 @writes_folder
@@ -94,9 +60,15 @@ def merge(
     setup(quiet, threads)
     from modelops import api
 
-    data = recipe_data(recipe, method, base, model, {"weight": weight, "density": density}, param,
-                       {"seed": seed, "dtype": dtype})  # fmt: skip
-    the_recipe = api.as_recipe(data, source=str(recipe) if recipe else "command line")
+    if not recipe and not method:
+        raise typer.BadParameter("give --recipe or --method")
+    for flag, values in (("--weight", weight), ("--density", density)):
+        if model and values and len(values) != len(model):
+            raise typer.BadParameter(f"{len(values)} {flag} value(s) for {len(model)} --model(s)", param_hint=flag)
+    if any("=" not in item or item.startswith("=") for item in param or []):
+        raise typer.BadParameter("expected KEY=VALUE, e.g. lambda=0.8", param_hint="--param")
+    the_recipe = api.merge_recipe(recipe, method=method, base=base, models=model, weights=weight, densities=density,
+                                  parameters=param, seed=seed, dtype=dtype)  # fmt: skip
     plan = api.plan_merge(the_recipe, out, overwrite=overwrite, allow_pickle=allow_pickle, shard_size=shard_size,
                           headers_only=dry_run)  # fmt: skip
     if dry_run:

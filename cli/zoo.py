@@ -3,62 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from modelops.cli.common import Quiet, handle_errors, human_bytes, setup
+from modelops.cli.progress import ZooProgress, score_text
 
 PresetOpt = Annotated[
     str, typer.Option("--preset", help="mini (tests, ~70 s here) or full (~12 min here, 2 shared cores).")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the world and of every training run.")]
 ZooOut = Annotated[Path | None, typer.Option("--out", "-o", help="Build folder (default: $MODELOPS_CACHE/zoo/<hash>).")]
-
-
-class RichProgress:
-    """One bar per model with steps, loss and ETA (stderr); a line per finished model."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.console = Console(stderr=True)
-        self.bar = Progress(
-            TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=self.console, transient=True,
-        )  # fmt: skip
-        self.task: Any = None
-
-    def start(self, name: str, total: int) -> None:
-        if self.task is None:
-            self.bar.start()
-        else:
-            self.bar.remove_task(self.task)
-        self.task = self.bar.add_task(name, total=total, loss="-")
-
-    def tick(self, loss: float) -> None:
-        self.bar.update(self.task, advance=1, loss=f"{loss:.3f}")
-
-    def finish(self, name: str, meta: dict) -> None:
-        self.bar.console.print(f"  {name}: {meta['params']:,} params, {_score_text(meta)}, {meta['seconds']:.0f} s")
-
-    def close(self) -> None:
-        if self.task is not None:
-            self.bar.stop()
-
-
-def _score_text(meta: dict) -> str:
-    """The model's score on its own task (all tasks for bases)."""
-    scores = meta.get("scores", {})
-    task = meta.get("task")
-    parts = []
-    for t, s in scores.items():
-        if task and t != task:
-            continue
-        parts.append(f"{t} reward {s['reward']:+.2f} fluent {s['fluency']:.0%}" if "reward" in s else
-                     f"{t} exact {s['exact']:.1%} answer {s['answer']:.1%}")  # fmt: skip
-    return "; ".join(parts)
 
 
 def _print_zoo(folder: Path, manifest: dict | None) -> None:
@@ -73,7 +29,7 @@ def _print_zoo(folder: Path, manifest: dict | None) -> None:
     )
     for role, m in iter_models(manifest):
         loss = f"loss {m['final_loss']:.3f}" if "final_loss" in m else "loss -"
-        typer.echo(f"  {role:<20} {m['params']:>9,} params  {m['steps']:>5} steps  {loss:<11}  {_score_text(m)}")
+        typer.echo(f"  {role:<20} {m['params']:>9,} params  {m['steps']:>5} steps  {loss:<11}  {score_text(m)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -93,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
         hf_logging.disable_progress_bar()  # per-model save/load bars would drown the build's own
 
-        progress = None if quiet else RichProgress()
+        progress = None if quiet else ZooProgress()
         try:
             folder = build_zoo(preset, seed, out, progress)
         except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from typing import Any
 EXPORTS: dict[str, tuple[str, ...]] = {
     "modelops.api.weights": (
         "AtomicOutput", "apply_lora", "as_recipe", "expo_recipe", "expo_tensor", "extract_lora", "extrapolate",
-        "merge", "plan_apply_lora", "plan_extract_lora", "plan_merge", "ties_tensor",
+        "merge", "merge_recipe", "plan_apply_lora", "plan_extract_lora", "plan_merge", "ties_tensor",
     ),
     "modelops.api.alpha": ("DEFAULT_ALPHA_GRID", "AlphaPoint", "alpha_sweep", "best_alpha", "choose_alpha"),
     "modelops.api.decoding": (

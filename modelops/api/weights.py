@@ -22,8 +22,19 @@ from modelops.merge.methods import ties as ties_tensor
 from modelops.merge.plan import MergePlan
 
 __all__ = [
-    "AtomicOutput", "apply_lora", "as_recipe", "expo_recipe", "expo_tensor", "extract_lora", "extrapolate", "merge",
-    "plan_apply_lora", "plan_extract_lora", "plan_merge", "ties_tensor",
+    "AtomicOutput",
+    "apply_lora",
+    "as_recipe",
+    "expo_recipe",
+    "expo_tensor",
+    "extract_lora",
+    "extrapolate",
+    "merge",
+    "merge_recipe",
+    "plan_apply_lora",
+    "plan_extract_lora",
+    "plan_merge",
+    "ties_tensor",
 ]  # fmt: skip
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes done)
@@ -38,6 +49,44 @@ def as_recipe(recipe: RecipeLike, *, source: str = "recipe") -> MergeRecipe:
     if isinstance(recipe, dict):
         return recipe_from_dict(recipe, source=source)
     return load_recipe(Path(recipe))
+
+
+def merge_recipe(
+    recipe: RecipeLike | None = None,
+    *,
+    method: str | None = None,
+    base: str | None = None,
+    models: list[str] | None = None,
+    weights: list[float] | None = None,
+    densities: list[float] | None = None,
+    parameters: list[str] | dict[str, Any] | None = None,
+    seed: int | None = None,
+    dtype: str | None = None,
+) -> MergeRecipe:
+    """A recipe (file, dict or nothing) with overrides on top, in mergekit's layout: `weights` and `densities` pair
+    up with the models in order; `parameters` are global (KEY=VALUE strings, values read as YAML, or a dict)."""
+    import yaml
+
+    source = str(recipe) if isinstance(recipe, (str, Path)) else "command line"
+    data = as_recipe(recipe).to_dict() if recipe is not None else {}
+    data.update({k: v for k, v in (("merge_method", method), ("base_model", base)) if v})
+    if models:
+        data["models"] = [{"model": m} for m in models]
+    entries = data.get("models") or []
+    for key, values in (("weight", weights), ("density", densities)):
+        if values and len(values) != len(entries):
+            raise RecipeError(f"{len(values)} {key} value(s) for {len(entries)} model(s); give one per model")
+        for entry, value in zip(entries, values or [], strict=False):
+            entry.setdefault("parameters", {})[key] = value
+    if isinstance(parameters, dict):
+        data["parameters"] = {**data.get("parameters", {}), **parameters}
+    for item in parameters if isinstance(parameters, list) else []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"parameter {item!r}: expected KEY=VALUE, e.g. lambda=0.8")
+        data.setdefault("parameters", {})[key] = yaml.safe_load(value)
+    data.update({k: v for k, v in (("seed", seed), ("dtype", dtype)) if v is not None})
+    return as_recipe(data, source=source)
 
 
 def expo_recipe(sft: str, dpo: str, alpha: float, *, dtype: str | None = None) -> MergeRecipe:

@@ -95,8 +95,10 @@ class ResumableRows:
         resume: bool = False,
         overwrite: bool = False,
         inputs: Iterable[Path] = (),
+        id_field: str = "id",
     ) -> None:
         self.target = Path(target)
+        self.id_field = id_field
         self.key = json.loads(json.dumps(key, sort_keys=True, default=str))
         self.resume, self.overwrite, self.inputs = resume, overwrite, list(inputs)
         self.path = partial_rows_path(self.target)
@@ -117,7 +119,7 @@ class ResumableRows:
                     f"cannot resume {self.target}: the interrupted run had a different {', '.join(differ)}; "
                     "run without --resume to start over"
                 )
-            self.done = {row["id"]: row for row in rows}
+            self.done = {row[self.id_field]: row for row in rows}
         elif self.path.exists():
             logger.info("discarding the unfinished results %s (run with --resume to continue them)", self.path)
         elif self.resume:
@@ -144,9 +146,9 @@ class ResumableRows:
         self._fh.flush()  # in the OS's hands: a killed process loses nothing written so far
 
     def add(self, row: dict[str, Any]) -> None:
-        """Record one finished row (it must carry its prompt's `id`)."""
+        """Record one finished row (it must carry its `id_field`, the prompt's `id` by default)."""
         self._write(row)
-        self.done[row["id"]] = row
+        self.done[row[self.id_field]] = row
 
     def finish(self, order: list[Any]) -> list[dict[str, Any]]:
         """Write every row to the target in `order` (prompt ids), atomically; returns the rows."""
@@ -166,6 +168,10 @@ class ResumableRows:
         self._close()
         self.path.unlink(missing_ok=True)
         return rows
+
+    def keep(self) -> None:
+        """Close, leaving the partial file for a later `resume` (its rows stay keyed; no target is written)."""
+        self._close()
 
     def _close(self) -> None:
         if self._fh is not None:

@@ -1,32 +1,39 @@
 """One harness for a single model, a merged model or any fused configuration: systems × tasks → EvalReport.
 
-Data-parallel through accelerate: the rows are cut into batches of `batch_size` first, and whole batches are
-split between processes (`PartialState.split_between_processes`), then the records are gathered
-(`gather_object`). Greedy and lock-step sampled rows do not depend on the batching (each prompt samples from its
-own stream, keyed by seed and id); search and speculative batches are decoded with the same rows and seed
-(`seed + batch index`) whatever the number of processes. So results do not depend on it.
+Systems come from model specs and recipes (one system, or a compare recipe's `systems:`); each is run on each task
+by `eval.running` (data-parallel under accelerate), and summarised with a bootstrap interval.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelops.decode.spec import check_schedule, renamed
-from modelops.decode.types import SEARCH_RULES
 from modelops.errors import RecipeError
-from modelops.eval.metrics import RewardModel, choice_prediction, exact_match, summarize
+from modelops.eval.metrics import summarize
 from modelops.eval.processes import distributed_state
 from modelops.eval.report import EvalReport, TaskResult
-from modelops.eval.tasks import TaskSpec, answer_index, load_callable, load_task, resolve_model
+from modelops.eval.running import OnRecord, Progress, run_task
+from modelops.eval.tasks import TaskSpec, load_task, resolve_model
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (description, rows done, rows total)
+
+class RecordStore(Protocol):
+    """Where finished rows' records are kept: `open(system, spec, task, sampling)` is a context manager giving the
+    records already kept (row number -> record) and the callable that keeps one more."""
+
+    def open(
+        self, system: str, spec: SystemSpec, task: TaskSpec, sampling: Any
+    ) -> AbstractContextManager[tuple[dict[int, dict[str, Any]], OnRecord | None]]: ...
+
+
 SEARCH_KEYS = ("beam_width", "successors", "chunk_len", "n", "speculative")  # FusionRule's search/speculative knobs
 # a system's own sampling (search rules want temperature 0.7, top-k 50); the eval flags give the rest
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed", "stop", "max_new_tokens")
@@ -208,122 +215,6 @@ def load_recipe(path: Path, zoo: Path | str | None = None) -> tuple[dict[str, Sy
     return systems, tasks
 
 
-# ---- running one task ---------------------------------------------------------------------------------------------
-class _Scorers:
-    """Loaded once per task and process: the reward / fluency functions, the reward model."""
-
-    def __init__(self, task: TaskSpec, device: str) -> None:
-        self.reward = load_callable(task.reward) if task.metric == "reward" and task.reward else None
-        self.fluency = load_callable(task.fluency) if task.fluency else None
-        self.rm = RewardModel(task.rm, device=device) if task.metric == "rm" and task.rm else None
-
-
-def _score_batch(
-    decoder: Any,
-    task: TaskSpec,
-    rows: list[dict],
-    sampling: Any,
-    scorers: _Scorers,
-    batch_size: int,
-    on_rows: Any = None,
-) -> list[dict[str, Any]]:
-    """Records (one per row) with the per-row `value` the summary averages; `on_rows(k)`: k more generated."""
-    prompts = [r["prompt"] for r in rows]
-    if task.metric == "choice":
-        flat_p = [p for r in rows for p in [r["prompt"]] * len(r["choices"])]
-        flat_c = [c for r in rows for c in r["choices"]]
-        flat = decoder.score(flat_p, flat_c, batch_size=max(batch_size, len(flat_c)))
-        out, pos = [], 0
-        for r in rows:
-            lps = flat[pos : pos + len(r["choices"])]
-            pos += len(r["choices"])
-            pred, gold = choice_prediction(lps), answer_index(r, task.source)
-            out.append({"id": r["id"], "prompt": r["prompt"], "prediction": pred, "answer": gold,
-                        "logprob_sums": [sum(lp) for lp in lps], "value": float(pred == gold)})  # fmt: skip
-        return out
-    gens = decoder.generate(prompts, sampling, ids=[r["id"] for r in rows], batch_size=batch_size, on_batch=on_rows)
-    out = []
-    for r, g in zip(rows, gens, strict=True):
-        finished = g.finish_reason in ("eos", "stop")
-        judged = g.text if finished or task.unfinished_suffix is None else g.text + task.unfinished_suffix
-        rec: dict[str, Any] = {"id": r["id"], "prompt": r["prompt"], "text": g.text,
-                               "finish_reason": g.finish_reason, "num_tokens": g.num_tokens}  # fmt: skip
-        if task.metric == "exact":
-            ok = exact_match(g.text, r["reference"], normalized=task.normalize)
-            if task.require_eos and g.finish_reason != "eos":  # the zoo's rule: the answer, then <eos>
-                ok = 0.0
-            rec.update(reference=r["reference"], value=ok)
-        elif task.metric == "reward":
-            rec["value"] = float(scorers.reward(r["prompt"], judged))  # type: ignore[misc]
-        if scorers.fluency is not None:
-            rec["fluent"] = bool(scorers.fluency(r["prompt"], judged))
-        out.append(rec)
-    if task.metric == "rm":
-        assert scorers.rm is not None
-        values = scorers.rm.score(prompts, [rec["text"] for rec in out], batch_size=batch_size)
-        for rec, v in zip(out, values, strict=True):
-            rec["value"] = float(v)
-    return out
-
-
-def run_task(
-    decoder: Any,
-    task: TaskSpec,
-    sampling: Any = None,
-    *,
-    batch_size: int = 16,
-    device: str = "cpu",
-    progress: Progress | None = None,
-    state: Any = None,
-) -> list[dict[str, Any]]:
-    """Every row's record, in row order, on every process (batches split between processes, then gathered)."""
-    from modelops.decode.sampling import SamplingConfig
-
-    sampling = sampling or SamplingConfig()
-    if task.max_new_tokens is not None:
-        sampling = replace(sampling, max_new_tokens=task.max_new_tokens)
-    n = len(task.rows)
-    batches = [(b, list(range(lo, min(lo + batch_size, n)))) for b, lo in enumerate(range(0, n, batch_size))]
-    scorers = _Scorers(task, device)
-    mine: list[tuple[int, list[int]]] = batches
-    if state is not None and state.num_processes > 1:
-        with state.split_between_processes(batches) as part:
-            mine = list(part)
-    records: list[dict[str, Any]] = []
-    total, done = sum(len(idx) for _, idx in mine), 0
-
-    def advance(k: int) -> None:
-        nonlocal done
-        done += k
-        if progress:
-            progress(task.name, done, total)
-
-    generated = task.metric != "choice"
-    keyed = not (decoder.rule.name in SEARCH_RULES or decoder.rule.speculative)  # per-prompt random streams
-    if generated and (sampling.greedy or keyed) and mine:
-        # one call over this process's rows, so a finished row's place goes to the next prompt at once: greedy
-        # rows and lock-step sampled rows (each prompt draws from its own stream) do not depend on the batching;
-        # search and speculative batches keep a seed of their own, whatever the process count
-        mine = [(0, [i for _, idx in mine for i in idx])]
-    for b, idx in mine:
-        seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + b)
-        recs = _score_batch(decoder, task, [task.rows[i] for i in idx], seeded, scorers, batch_size,
-                            on_rows=advance if generated else None)  # fmt: skip
-        for i, rec in zip(idx, recs, strict=True):
-            rec["index"] = i
-        records += recs
-        if not generated:
-            advance(len(idx))
-    if state is not None and state.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        records = gather_object(records)
-    records.sort(key=lambda rec: rec["index"])
-    if [rec["index"] for rec in records] != list(range(n)):
-        raise RuntimeError(f"gathered {len(records)} records for {n} rows of {task.name}")
-    return records
-
-
 def evaluate(
     systems: dict[str, SystemSpec],
     tasks: Sequence[TaskSpec],
@@ -336,10 +227,12 @@ def evaluate(
     device: str = "auto",
     progress: Progress | None = None,
     parallel_models: bool = False,
+    store: RecordStore | None = None,
 ) -> EvalReport:
     """Every system on every task. Systems are loaded one at a time; under accelerate every process gets the
     whole report (rank 0 is the one to print and write it). `parallel_models`: fused systems step their small
-    models on a second thread (`--parallel-models`; the same tokens)."""
+    models on a second thread (`--parallel-models`; the same tokens). `store` keeps each finished row's record
+    and hands back those of an interrupted run: a system whose tasks are all done is not even loaded."""
     from modelops.decode.sampling import SamplingConfig
     from modelops.devices import pick_device
 
@@ -357,15 +250,19 @@ def evaluate(
     for name, system in systems.items():
         pairs = [(system.for_task(t.name), [t]) for t in tasks] if system.per_task else [(system, tasks)]
         for concrete, its_tasks in pairs:
-            logger.debug("loading %s", name)
-            decoder = concrete.build(dev, parallel=parallel_models)
+            decoder = None
             own = replace(sampling, **system.sampling) if system.sampling else sampling
             for task in its_tasks:
                 t0 = time.perf_counter()
-                records = run_task(
-                    decoder, task, own, batch_size=batch_size, device=dev, state=state,
-                    progress=(lambda d, k, n, _s=name: progress(f"{_s} · {d}", k, n)) if progress else None,
-                )  # fmt: skip
+                with store.open(name, concrete, task, own) if store else nullcontext(({}, None)) as (done, keep):
+                    if len(done) < len(task.rows) and decoder is None:
+                        logger.debug("loading %s", name)
+                        decoder = concrete.build(dev, parallel=parallel_models)
+                    records = [done[i] for i in range(len(task.rows))] if len(done) == len(task.rows) else run_task(
+                        decoder, task, own, batch_size=batch_size, device=dev, state=state, done=done,
+                        on_record=keep,
+                        progress=(lambda d, k, n, _s=name: progress(f"{_s} · {d}", k, n)) if progress else None,
+                    )  # fmt: skip
                 values = [rec["value"] for rec in records]
                 fluent = [float(rec["fluent"]) for rec in records] if task.fluency else None
                 report.results.append(
@@ -375,7 +272,7 @@ def evaluate(
                         time.perf_counter() - t0, nproc, records,
                     )
                 )  # fmt: skip
-            if concrete.decoder is None:  # built here: stop its worker thread; a prebuilt one is the caller's
+            if decoder is not None and concrete.decoder is None:  # built here: stop its worker thread
                 decoder.close()
             del decoder
     return report

@@ -187,7 +187,7 @@ def run_merge(
     """
     start = time.perf_counter()
     dev = torch.device(device)
-    survival = UpdateSurvival() if plan.method.name == "expo" else None
+    survival = UpdateSurvival() if plan.method.small_update else None
     specs = [tp.out for tp in plan.tensors.values()]
     out_dtypes = {s.dtype: getattr(torch, s.dtype) for s in specs}
     output = ResumableOutput(out, plan_key=merge_key(plan, shard_size), resume=resume, overwrite=overwrite)
@@ -235,13 +235,13 @@ def run_merge(
         if fraction is not None and fraction < SURVIVAL_WARN_BELOW:
             dtype = next(iter({s.dtype for s in specs} & LOW_PRECISION))
             warnings.append(
-                f"only {fraction:.1%} of the ExPO update survives {dtype} rounding; "
+                f"only {fraction:.1%} of the {plan.method.title or plan.method.name} update survives {dtype} rounding; "
                 "pass --dtype float32 to keep all of it"
             )
         metrics = {**({"update_survival": round(fraction, 4)} if fraction is not None else {}), **(metrics or {})}
-        expo = plan.method.name == "expo"
-        record_inputs = [input_record(plan.base, "sft" if expo else "base")] if plan.base is not None else []
-        record_inputs += [input_record(ck, "dpo" if expo else "model") for ck in plan.models]
+        base_role, model_role = plan.method.roles
+        record_inputs = [input_record(plan.base, base_role)] if plan.base is not None else []
+        record_inputs += [input_record(ck, model_role) for ck in plan.models]
         write_recipe_file(tmp, plan.recipe.to_dict(), record_inputs, metrics=metrics, extra=provenance)
         if finish is not None:
             finish(tmp)

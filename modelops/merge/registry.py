@@ -96,6 +96,8 @@ class MergeMethod:
     summary: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
     title: str = ""  # how a model card names the method (default: its name)
+    roles: tuple[str, str] = ("base", "model")  # what the recipe file calls the base and the other inputs
+    small_update: bool = False  # the update is small next to the weights: measure how much survives rounding
 
     def description(self) -> MethodDescription:
         """The method as a model card presents it: the one place its words live."""

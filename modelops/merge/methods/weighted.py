@@ -74,6 +74,8 @@ def _passthrough(job: TensorJob) -> torch.Tensor:
     reference="first",
     vocab_rows_from_reference=True,
     title="ExPO (model extrapolation)",
+    roles=("sft", "dpo"),
+    small_update=True,
     summary="θ_dpo + α(θ_dpo − θ_sft): extrapolate an aligned model away from its SFT starting point",
     paper=EXPO_PAPER[0],
     paper_url=EXPO_PAPER[1],
