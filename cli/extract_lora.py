@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from modelops.cli.common import Device, DryRun, OutDir, Overwrite, Quiet, Threads, human_bytes, setup
+from modelops.cli.common import Device, DryRun, OutDir, Overwrite, Quiet, Resume, Threads, human_bytes, setup
 from modelops.cli.progress import ByteProgress
 from modelops.cli.publishing import writes_folder
 
@@ -35,6 +35,7 @@ def extract_lora(
     svd: Annotated[str, typer.Option("--svd", help="auto, exact, or randomized.")] = "auto",
     device: Device = "auto",
     dry_run: DryRun = False,
+    resume: Resume = False,
     overwrite: Overwrite = False,
     threads: Threads = 1,
     quiet: Quiet = False,
@@ -52,7 +53,7 @@ def extract_lora(
         typer.echo(plan.describe())
         return None
     with ByteProgress(plan.total_bytes, "extract-lora", quiet) as bar:
-        result = api.extract_lora(base, tuned, out, plan=plan, overwrite=overwrite, progress=bar)
+        result = api.extract_lora(base, tuned, out, plan=plan, overwrite=overwrite, resume=resume, progress=bar)
     s = result.summary
     if not quiet:
         from rich.console import Console

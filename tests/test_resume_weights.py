@@ -160,3 +160,33 @@ def test_apply_lora_resumes_to_identical_bytes(llama_family, tmp_path) -> None:
     res = CliRunner().invoke(app, [*args, "--out", str(out), "--resume"])
     assert res.exit_code == 0, res.output
     assert _files(out) == _files(whole)
+
+
+@pytest.mark.parametrize(("stop", "code"), [("KILL", -9), ("INT", 130)])
+def test_extract_lora_resumes_to_identical_bytes(stop, code, llama_family, tmp_path, monkeypatch) -> None:
+    """extract-lora saves each module's factors as it finishes: stopped after three modules, --resume computes
+    only the rest (randomised SVD included) and writes the same adapter, byte for byte."""
+    args = ["extract-lora", "--base", str(llama_family["base"]), "--tuned", str(llama_family["ft1"]), "--rank", "4",
+            "--svd", "randomized", "-q"]  # fmt: skip
+    whole = tmp_path / "a" / "adapter"
+    assert CliRunner().invoke(app, [*args, "--out", str(whole)]).exit_code == 0
+    out = tmp_path / "b" / "adapter"
+    out.parent.mkdir()
+    proc = _run_until([*args, "--out", str(out)], stop, after_shards=3)
+    assert proc.returncode == code, proc.stderr
+    assert not out.exists()
+    if stop == "INT":
+        assert proc.stderr.strip().splitlines()[-1].startswith("Interrupted: 3 finished module(s) kept in ")
+    from modelops.lora import extract
+
+    computed, real = [], extract.module_outcome
+    monkeypatch.setattr(extract, "module_outcome", lambda *a, **kw: computed.append(a[2].name) or real(*a, **kw))
+    res = CliRunner().invoke(app, [*args, "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    n_modules = len(json.loads((whole / "extraction_report.json").read_text())["modules"])
+    assert len(computed) < n_modules  # the kept modules were not factorised again
+    for name in ("adapter_model.safetensors", "adapter_config.json", "modelops_recipe.yaml"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    report = json.loads((out / "extraction_report.json").read_text())
+    assert report["modules"] == json.loads((whole / "extraction_report.json").read_text())["modules"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith("module-")]

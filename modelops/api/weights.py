@@ -212,16 +212,17 @@ def extract_lora(
     out: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: Progress | None = None,
     card: bool = True,
     plan: ExtractPlan | None = None,
     **options: Any,
 ) -> ExtractResult:
     """A PEFT LoRA adapter from a full fine-tune: truncated SVD of ΔW per linear layer, with a per-module error
-    report (`result.rows`, `result.summary`)."""
+    report (`result.rows`, `result.summary`). `resume` keeps the modules an interrupted run had finished."""
     out = Path(out)
     plan = plan or plan_extract_lora(base, tuned, out, overwrite=overwrite, **options)
-    return run_extraction(plan, out, overwrite=overwrite, progress=progress, finish=card_writer(card))
+    return run_extraction(plan, out, overwrite=overwrite, progress=progress, finish=card_writer(card), resume=resume)
 
 
 def plan_apply_lora(

@@ -62,8 +62,11 @@ class ResumableOutput(AtomicOutput):
     kept for `--resume`; on any other failure it is removed, as its contents may be what failed.
     """
 
-    def __init__(self, target: Path, *, plan_key: str, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(
+        self, target: Path, *, plan_key: str, resume: bool = False, overwrite: bool = False, unit: str = "shard"
+    ) -> None:
         super().__init__(target, overwrite=overwrite)
+        self.unit = unit  # what a recorded file is, for the interruption message
         self.plan_key = plan_key
         self.resume = resume
         self.done: dict[str, dict[str, Any]] = {}  # shard file -> {"bytes", "sha256"}
@@ -106,7 +109,7 @@ class ResumableOutput(AtomicOutput):
             if path.is_file() and path.stat().st_size == rec["bytes"] and file_sha256(path) == rec["sha256"]:
                 self.done[name] = rec
             else:
-                logger.warning("shard %s of the unfinished run does not verify; writing it again", name)
+                logger.warning("%s of the unfinished run does not verify; computing it again", name)
         self.extra = state.get("extra", {}) if self.done else {}
         for p in folder.iterdir():  # everything not verified (a half-written shard, stale files) goes
             if p.name not in self.done and p.name not in (STATE_FILE, LOCK_FILE):
@@ -135,7 +138,7 @@ class ResumableOutput(AtomicOutput):
         elif issubclass(exc_type, KeyboardInterrupt):
             (self.tmp / LOCK_FILE).unlink(missing_ok=True)  # kept for --resume
             raise Interrupted(
-                f"Interrupted: {len(self.done)} finished shard(s) kept in {self.tmp}; run the same command with "
+                f"Interrupted: {len(self.done)} finished {self.unit}(s) kept in {self.tmp}; run the same command with "
                 "--resume to continue",
                 getattr(exc, "code", 130),
             ) from None

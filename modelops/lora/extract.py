@@ -18,12 +18,21 @@ from typing import Any
 
 import torch
 
-from modelops.checkpoint import AtomicOutput, Checkpoint, CheckpointWriter, TensorSpec, check_output_location
+from modelops.checkpoint import Checkpoint, CheckpointWriter, TensorSpec, check_output_location
+from modelops.checkpoint.resume import ResumableOutput, plan_key
 from modelops.errors import CheckpointError
+from modelops.lora.modules import _EXACT, Collected, load_outcome, module_outcome, save_outcome
+from modelops.lora.modules import delta as module_delta
 from modelops.lora.report import REPORT_FILE, ModuleRow, render_table, summarize
-from modelops.lora.svd import factorize, relative_error
 from modelops.lora.targets import EMBED_KINDS, PEFT_PREFIX, Module, ModuleMap, module_map, select_modules
-from modelops.provenance import MethodDescription, input_record, peak_rss_bytes, public_spec, write_recipe_file
+from modelops.provenance import (
+    MethodDescription,
+    fingerprint_sha256,
+    input_record,
+    peak_rss_bytes,
+    public_spec,
+    write_recipe_file,
+)  # fmt: skip
 
 DESCRIPTION = MethodDescription(
     "extract-lora",
@@ -38,7 +47,6 @@ logger = logging.getLogger(__name__)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EMBEDDING_MODES = ("full", "lora", "skip")
 OTHER_MODES = ("report", "full")
-_EXACT = {"auto": None, "exact": True, "randomized": False}
 
 
 @dataclass
@@ -147,59 +155,58 @@ def run_extraction(
     overwrite: bool = False,
     progress: Callable[[str, int], None] | None = None,
     finish: Callable[[Path], None] | None = None,
+    resume: bool = False,
 ) -> ExtractResult:
     """Factorise every target, then write the adapter, its config, report and recipe atomically; `finish` gets the
-    complete folder just before it is published (the API writes the model card there)."""
-    from peft import LoraConfig
-
+    complete folder just before it is published (the API writes the model card there). Each module's factors
+    are saved as it finishes; `resume` keeps those of an interrupted run of the same inputs and options."""
     start = time.perf_counter()
     o, dev = plan.options, torch.device(plan.options.device)
     out_dtype = getattr(torch, plan.dtype)
-    factors: dict[str, torch.Tensor] = {}  # adapter key -> tensor (small)
-    rows: list[ModuleRow] = []
-    full_modules: list[str] = []
-    warnings: list[str] = []
-    lora_ranks: dict[str, int] = {}
-    embed_lora: list[str] = []
+    output = ResumableOutput(out, plan_key=extract_key(plan), resume=resume, overwrite=overwrite, unit="module")
+    with output as tmp:
+        parts = Collected()
+        for i, m in enumerate(plan.lora + plan.embeds):
+            name = f"module-{i:05d}.safetensors"
+            if name in output.done:
+                outcome = load_outcome(tmp / name)
+            else:
+                outcome = module_outcome(plan.base, plan.tuned, m, o, embedding=m in plan.embeds, dev=dev,
+                                         tied=_tied_output(plan, m), dtype=out_dtype)  # fmt: skip
+                save_outcome(tmp / name, outcome)
+                output.record(name)
+            parts.add(m.name, outcome)
+            if progress is not None:
+                progress(m.name, plan.base.tensors[m.weight].nbytes)
+        for name in list(output.done):  # they made the resume possible; the adapter replaces them
+            (tmp / name).unlink(missing_ok=True)
+        result = _finish_adapter(plan, tmp, out, parts, start=start, finish=finish)
+    plan.base.close()
+    plan.tuned.close()
+    for w in result.warnings:
+        logger.warning("warning: %s", w)
+    return result
 
-    def factor_module(m: Module, delta: torch.Tensor) -> None:
-        k = min(delta.shape)
-        f = factorize(delta, min(o.rank, k) if o.rank is not None else None, energy=o.energy,
-                      max_rank=o.max_rank, niter=o.niter, exact=_EXACT[o.svd])  # fmt: skip
-        err = relative_error(delta, f.B, f.A)
-        rows.append(ModuleRow(m.name, m.kind, m.out_in, "lora", f.rank, f.energy, err, f.delta_norm, f.method))
-        B, A = f.B.to("cpu", out_dtype), f.A.to("cpu", out_dtype)
-        key = PEFT_PREFIX + m.name
-        if m.kind == "embedding":  # peft: ΔE = (lora_embedding_B @ lora_embedding_A)ᵀ, A (r×num), B (dim×r)
-            factors[key + ".lora_embedding_A"], factors[key + ".lora_embedding_B"] = B.T.contiguous(), A.T.contiguous()
-            embed_lora.append(m.name)
-            tied = _tied_output(plan, m)
-            if tied is not None:  # peft ties the output LoRA to it (A = B_eᵀ, B = A_eᵀ) and expects its keys too
-                factors[PEFT_PREFIX + tied + ".lora_A.weight"], factors[PEFT_PREFIX + tied + ".lora_B.weight"] = A, B
-        else:
-            factors[key + ".lora_A.weight"], factors[key + ".lora_B.weight"] = A, B
-        lora_ranks[m.name] = f.rank
 
-    for m in plan.lora + plan.embeds:
-        delta = _delta(plan, m.weight, dev)
-        if m.kind == "conv1d":
-            delta = delta.T  # Conv1D stores (in, out); peft's fan_in_fan_out delta is (B·A)ᵀ
-        if not bool(delta.any()):
-            rows.append(ModuleRow(m.name, m.kind, m.out_in, "unchanged"))
-        elif m in plan.embeds and o.embeddings == "full":
-            rows.append(_full_row(m, delta))
-            full_modules.append(m.name)
-        elif m in plan.embeds and o.embeddings == "skip":
-            rows.append(_full_row(m, delta, status="skipped"))
-            warnings.append(
-                f"{m.name} changed (‖Δ‖={float(delta.norm()):.3g}) and is NOT in the adapter (--embeddings skip)"
-            )
-        else:
-            factor_module(m, delta)
-        del delta
-        if progress is not None:
-            progress(m.name, plan.base.tensors[m.weight].nbytes)
+def extract_key(plan: ExtractPlan) -> str:
+    """What a resumed extraction must share with the interrupted one: both inputs' contents and every option."""
+    o = plan.options
+    opts = {k: getattr(o, k) for k in ("rank", "energy", "max_rank", "modules", "embeddings", "other", "niter", "svd")}
+    parts = {"extract-lora": [fingerprint_sha256(plan.base), fingerprint_sha256(plan.tuned)], "options": opts,
+             "dtype": plan.dtype, "device": torch.device(o.device).type}  # fmt: skip
+    return plan_key(parts, [], 1 << 62)
 
+
+def _finish_adapter(
+    plan: ExtractPlan, tmp: Path, out: Path, parts: Collected, *, start: float, finish: Callable[[Path], None] | None
+) -> ExtractResult:
+    """The loose tensors, then the adapter, its config, report and recipe, into the (complete) temp folder."""
+    from peft import LoraConfig
+
+    factors, rows, warnings, full_modules = parts.factors, parts.rows, parts.warnings, parts.full_modules
+    lora_ranks, embed_lora = parts.lora_ranks, parts.embed_lora
+    o, dev = plan.options, torch.device(plan.options.device)
+    out_dtype = getattr(torch, plan.dtype)
     lora_bias: dict[str, torch.Tensor] = {}
     lora_names = set(lora_ranks)
     for name in plan.others:
@@ -207,7 +214,7 @@ def run_extraction(
             if not torch.equal(plan.base.get(name), plan.tuned.get(name)):
                 warnings.append(f"non-float tensor {name} differs between base and tuned; not in the adapter")
             continue
-        delta = _delta(plan, name, dev)
+        delta = module_delta(plan.base, plan.tuned, name, dev)
         if not bool(delta.any()):
             continue
         owner, _, param = name.rpartition(".")
@@ -238,47 +245,32 @@ def run_extraction(
     specs = [TensorSpec(k, tuple(v.shape), plan.dtype) for k, v in factors.items()]
     specs += [TensorSpec(k, plan.tuned.tensors[n].shape, plan.dtype) for k, n in full_tensors.items()]
     summary = summarize(rows)
-    with AtomicOutput(out, overwrite=overwrite) as tmp:
-        writer = CheckpointWriter(tmp, specs, max_shard_size=1 << 62)
-        try:
-            for spec in writer.order:
-                t = factors.pop(spec.name, None)
-                if t is None:
-                    t = plan.tuned.get(full_tensors[spec.name]).to(out_dtype)
-                writer.write(spec.name, t)
-            files = writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-        os.replace(tmp / files[0], tmp / ADAPTER_WEIGHTS)
-        LoraConfig(**config).save_pretrained(str(tmp))
-        summary.update(
-            adapter_bytes=(tmp / ADAPTER_WEIGHTS).stat().st_size,
-            seconds=round(time.perf_counter() - start, 3),
-            peak_rss_bytes=peak_rss_bytes(),
-        )
-        report = {"summary": summary, "modules": [r.to_dict() for r in rows], "warnings": warnings}
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        _write_provenance(plan, tmp, summary)
-        if finish is not None:
-            finish(tmp)
-    plan.base.close()
-    plan.tuned.close()
-    for w in warnings:
-        logger.warning("warning: %s", w)
+    writer = CheckpointWriter(tmp, specs, max_shard_size=1 << 62)
+    try:
+        for spec in writer.order:
+            t = factors.pop(spec.name, None)
+            if t is None:
+                t = plan.tuned.get(full_tensors[spec.name]).to(out_dtype)
+            writer.write(spec.name, t)
+        files = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    os.replace(tmp / files[0], tmp / ADAPTER_WEIGHTS)
+    LoraConfig(**config).save_pretrained(str(tmp))
+    summary.update(
+        adapter_bytes=(tmp / ADAPTER_WEIGHTS).stat().st_size,
+        seconds=round(time.perf_counter() - start, 3),
+        peak_rss_bytes=peak_rss_bytes(),
+    )
+    report = {"summary": summary, "modules": [r.to_dict() for r in rows], "warnings": warnings}
+    (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    _write_provenance(plan, tmp, summary)
+    if finish is not None:
+        finish(tmp)
     return ExtractResult(
         Path(out).expanduser().resolve(), rows, summary, [ADAPTER_WEIGHTS, "adapter_config.json"], warnings
     )
-
-
-def _delta(plan: ExtractPlan, name: str, dev: torch.device) -> torch.Tensor:
-    """ΔW in float32 on the compute device, computed in place (one extra buffer, not two)."""
-    tuned = plan.tuned.get(name).to(dev, torch.float32)
-    return tuned.sub_(plan.base.get(name).to(dev, torch.float32))
-
-
-def _full_row(m: Module, delta: torch.Tensor, status: str = "full") -> ModuleRow:
-    return ModuleRow(m.name, m.kind, m.out_in, status, delta_norm=float(delta.norm()))
 
 
 def _add_lora_biases(
