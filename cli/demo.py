@@ -39,13 +39,21 @@ def demo(
         if not quiet:
             err_console.print(f"[dim]{line.seconds:6.1f} s[/dim]  {line.claim} — {line.verdict}")
 
-    report = run_demo(preset, seed=seed, workdir=workdir, limit=limit, on_line=show)
+    from modelops.cli.progress import ZooProgress
+
+    building = None if quiet or preset == "tiny" else ZooProgress()  # a bar per model while the zoo is built
+    try:
+        report = run_demo(preset, seed=seed, workdir=workdir, limit=limit, on_line=show, zoo_progress=building)
+    finally:
+        if building is not None:
+            building.close()
     table = Table(title=f"modelops demo --preset {preset} ({report.zoo}), {report.seconds:.0f} s", show_lines=True)
     for col in ("half", "claim", "task", "measured", "verdict", "s"):
         table.add_column(col, overflow="fold")
     for line in report.lines:
         table.add_row(line.section, line.claim, line.task, line.values, line.verdict, f"{line.seconds:.1f}")
     Console(width=160).print(table)
+    typer.echo(f"Verdicts: {report.tally()}. {report.caveat()}")
     out = workdir / f"demo-{preset}-s{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"zoo": str(report.zoo), "preset": preset, "seed": seed, "seconds": report.seconds,

@@ -297,3 +297,13 @@ def test_bad_push_options_are_refused_before_any_work(llama_family, tmp_path: Pa
     res = run(*args, "--out", tmp_path / "b", "--push-to", "org/x", "--create-pr", "--revision", "dev")
     assert res.exit_code == 2 and "--create-pr" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_demo_model_names_the_command_that_makes_it(tmp_path: Path, monkeypatch) -> None:
+    """recipes/*.yaml point at the tiny demo's models: without them the error says how to make them."""
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "ties.yaml"
+    res = run("merge", "--recipe", recipe, "--out", tmp_path / "o")
+    assert res.exit_code == 1
+    assert "modelops-demo/models/base: no such file or folder" in res.output
+    assert "`modelops demo --preset tiny` creates the demo models" in res.output

@@ -8,31 +8,37 @@ import pytest
 from typer.testing import CliRunner
 
 from modelops.cli.main import app
-from modelops.eval.metrics import Summary
-from modelops.eval.orderings import Comparison, holds, verdict
+from modelops.eval.metrics import summarize
+from modelops.eval.orderings import Comparison, verdict
 from modelops.eval.report import TaskResult
 
 
-def cell(name: str, mean: float, low: float, high: float) -> TaskResult:
-    return TaskResult(name, "t", "exact", Summary(100, mean, low, high))
+def cell(name: str, values: list[float]) -> TaskResult:
+    """A hand-made (system, task) cell with per-prompt records, as the harness makes them."""
+    records = [{"index": i, "value": v} for i, v in enumerate(values)]
+    return TaskResult(name, "t", "exact", summarize(values), records=records)
 
 
-def test_relations_mean_what_they_say():
-    a, b = cell("a", 0.50, 0.45, 0.55), cell("b", 0.52, 0.47, 0.57)
-    assert holds(a, b, "<") and holds(a, b, "≤") and holds(a, b, "≲")
-    assert not holds(b, a, "<") and not holds(b, a, "≤")
-    assert holds(b, a, "≲")  # within the intervals' overlap
-    far = cell("far", 0.10, 0.08, 0.12)
-    assert not holds(b, far, "≲")
-    tie = cell("tie", 0.50, 0.45, 0.55)
-    assert holds(a, tie, "≤") and not holds(a, tie, "<")
+def test_a_tie_is_inconclusive_and_noise_is_not_an_ordering():
+    tie = [1.0, 0.0] * 12
+    c = Comparison("paper", "t", ["a", "b"], ["<"])
+    assert verdict(c, [cell("a", tie), cell("b", tie)]).startswith("inconclusive: b − a +0 [+0, +0] vs +0")
+    one_more = tie.copy()
+    one_more[1] = 1.0  # one prompt in 24 better: not evidence
+    assert verdict(c, [cell("a", tie), cell("b", one_more)]).startswith("inconclusive")
 
 
-def test_verdict_names_every_failing_pair():
-    c = Comparison("paper", "t", ["x", "y", "z"], ["<", "≤"])
-    assert verdict(c, [cell("x", 0.1, 0, 0.2), cell("y", 0.5, 0.4, 0.6), cell("z", 0.9, 0.8, 1)]) == "holds"
-    v = verdict(c, [cell("x", 0.6, 0.5, 0.7), cell("y", 0.5, 0.4, 0.6), cell("z", 0.4, 0.3, 0.5)])
-    assert v.startswith("fails:") and "x (0.6) < y (0.5)" in v and "y (0.5) ≤ z (0.4)" in v
+def test_every_pair_is_judged_and_a_failure_wins():
+    c = Comparison("paper", "t", ["x", "y", "z"], ["<", "≲"], margin=0.05)
+    x, y = [0.0] * 60 + [1.0] * 40, [0.0] * 20 + [1.0] * 80
+    z_same = y.copy()
+    z_same[20:22] = [0.0, 0.0]  # 2 points worse than y: within the 5-point margin
+    v = verdict(c, [cell("x", x), cell("y", y), cell("z", z_same)])
+    assert v.startswith("holds: y − x +0.4 [") and "z − y -0.02 [" in v and "vs -0.05" in v
+    z_worse = [0.0] * 60 + [1.0] * 40  # 40 points worse than y: the second claim fails
+    assert verdict(c, [cell("x", x), cell("y", y), cell("z", z_worse)]).startswith("fails:")
+    with pytest.raises(ValueError, match="unknown relation"):
+        verdict(Comparison("p", "t", ["x", "y"], ["≤"]), [cell("x", x), cell("y", y)])
 
 
 @pytest.mark.slow

@@ -18,12 +18,32 @@ from modelops.errors import Interrupted, RecipeError
 from modelops.eval.harness import EvalReport, SystemSpec, load_recipe, model_system
 from modelops.eval.harness import evaluate as evaluate_systems
 from modelops.eval.orderings import OrderingRun, measure_orderings, ordering_text
+from modelops.eval.orderings import values as cell_values
 from modelops.eval.tasks import DEFAULT_MAX_NEW, TaskSpec, load_task, zoo_task
+from modelops.eval.verdicts import Verdict, better, faster, recovered, share, tally
 from modelops.version import __version__
 
 __all__ = [
-    "EvalReport", "OrderingRun", "SystemSpec", "TaskSpec", "end_worker_process", "eval_systems", "eval_tasks",
-    "evaluate", "is_main_process", "measure_orderings", "model_system", "ordering_text", "zoo_task",
+    "EvalReport",
+    "OrderingRun",
+    "SystemSpec",
+    "TaskSpec",
+    "Verdict",
+    "better",
+    "cell_values",
+    "end_worker_process",
+    "eval_systems",
+    "eval_tasks",
+    "evaluate",
+    "faster",
+    "is_main_process",
+    "measure_orderings",
+    "model_system",
+    "ordering_text",
+    "recovered",
+    "share",
+    "tally",
+    "zoo_task",
 ]  # fmt: skip
 
 

@@ -43,6 +43,9 @@ def split_revision(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+DEMO_MODELS = "modelops-demo/models/"  # where `modelops demo --preset tiny` writes the models the recipes use
+
+
 def looks_like_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and not name.startswith((".", "/", "~"))
 
@@ -55,7 +58,10 @@ def resolve_source(spec: str, *, allow_patterns: list[str] | None = None) -> Res
         return ResolvedSource(spec=spec, path=local.resolve())
     name, revision = split_revision(spec)
     if not looks_like_repo_id(name):
-        raise SourceError(f"{spec}: no such file or folder (and not a Hub repo id like org/name[@revision])")
+        hint = ""
+        if DEMO_MODELS in Path(spec).as_posix():  # what recipes/*.yaml point at
+            hint = "; `modelops demo --preset tiny` creates the demo models there (run it from this folder)"
+        raise SourceError(f"{spec}: no such file or folder (and not a Hub repo id like org/name[@revision]){hint}")
     return _resolve_hub(spec, name, revision, allow_patterns or HUB_ALLOW_PATTERNS)
 
 

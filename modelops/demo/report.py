@@ -26,3 +26,24 @@ class DemoReport:
     lines: list[DemoLine] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def tally(self) -> str:
+        """How the claims came out ("5 hold, 2 fail, 7 inconclusive"), the setup line left out."""
+        from modelops import api
+
+        return api.tally([line.verdict for line in self.lines if line.section != "setup"])
+
+    def caveat(self) -> str:
+        """What the tally can and cannot say at this size."""
+        n = self.details.get("rows_per_task")
+        size = f" at n = {n} prompts per task" if n else ""
+        if self.preset == "tiny":
+            return "Each check compares the written model's logits with the same math done in memory."
+        if self.preset == "full":
+            return (
+                f"Each verdict is a paired bootstrap test{size} (one-sided 95%); inconclusive means too close to call."
+            )
+        return (
+            f"This preset is small{size}: most gaps are not significant, so inconclusive verdicts are expected and say "
+            "nothing against the papers; `--preset full` (and several seeds) is what can decide them."
+        )

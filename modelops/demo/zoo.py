@@ -20,6 +20,9 @@ from modelops.demo.report import DemoLine, DemoReport
 
 logger = logging.getLogger(__name__)
 
+KEEP = 0.9  # merges keep, and LoRA recovers, at least this share of the fine-tune's score / gain
+SPEED_ROUNDS = 5  # paired timing rounds behind the speculative speed verdict
+
 
 def _fmt(results: list[Any]) -> str:
     out = []
@@ -49,6 +52,7 @@ def run_zoo_demo(
     t0 = time.perf_counter()
     zoo = api.build_zoo(preset, seed, progress=zoo_progress)
     report = DemoReport(zoo, preset)
+    report.details["rows_per_task"] = limit or "all"
     roles = {k: str(v) for k, v in api.zoo_roles(zoo).items()}
     outputs = workdir / f"zoo-{preset}-s{seed}"
     outputs.mkdir(parents=True, exist_ok=True)
@@ -100,17 +104,19 @@ def _expo_lines(
         task = "review (gold reward, test half)"
         if which == "dpo_full":
             partial_expo, full = found["dpo_partial"][1], results[0]
-            lines.append(DemoLine("weights", "ExPO (Zheng et al. 2024): DPO(partial)+ExPO ≥ DPO(full)", task,
-                                  _fmt([partial_expo, full]), _ge(partial_expo, full), seconds))  # fmt: skip
-        lines.append(DemoLine("weights", f"ExPO: {which}+ExPO (α > 0) ≥ {which}", task, _fmt(results[:2]),
-                              _ge(results[1], results[0]), seconds))  # fmt: skip
-        lines.append(DemoLine("weights", f"extrapolate --alpha auto (any sign): {which}+α* ≥ {which}", task,
-                              _fmt([results[0], results[2]]), _ge(results[2], results[0]), 0.0))  # fmt: skip
+            lines.append(DemoLine("weights", "ExPO (Zheng et al. 2024): DPO(full) < DPO(partial)+ExPO", task,
+                                  _fmt([full, partial_expo]), _better(full, partial_expo), seconds))  # fmt: skip
+        lines.append(DemoLine("weights", f"ExPO: {which} < {which}+ExPO (α > 0)", task, _fmt(results[:2]),
+                              _better(results[0], results[1]), seconds))  # fmt: skip
+        auto = _better(results[0], results[2]) if chosen["α auto"] != 0 else "inconclusive: α* = 0, no change"
+        lines.append(DemoLine("weights", f"extrapolate --alpha auto (any sign): {which} < {which}+α*", task,
+                              _fmt([results[0], results[2]]), auto, 0.0))  # fmt: skip
     return lines
 
 
-def _ge(a: Any, b: Any) -> str:
-    return "holds" if a.mean >= b.mean else f"fails: {a.system} ({a.mean:.3g}) < {b.system} ({b.mean:.3g})"
+def _better(a: Any, b: Any) -> str:
+    """b better than a on the same prompts: paired bootstrap, one-sided 95%."""
+    return api.better(api.cell_values(a), api.cell_values(b)).text()
 
 
 def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | None, device: str) -> DemoLine:
@@ -128,17 +134,26 @@ def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | No
         }  # fmt: skip
         merged[name] = outputs / f"merge-{method}-facts+addition"
         api.merge(recipe, merged[name], overwrite=True)
-    cells, kept = [], []
+    cells, verdicts = [], []
     for task in ("facts", "addition"):
         systems = {f"expert ({task})": api.SystemSpec(f"expert ({task})", roles[f"large_sft_{task}"])}
         systems |= {name: api.SystemSpec(name, str(folder)) for name, folder in merged.items()}
         results = _evaluate(systems, api.zoo_task(task, zoo), limit, device)
         cells.append((task, results))
-        kept.append(min(r.mean for r in results[1:]) / results[0].mean if results[0].mean else 0.0)
+        expert = api.cell_values(results[0])
+        for r in results[1:]:
+            v = api.share(expert, api.cell_values(r), at_least=KEEP)
+            verdicts.append((v.outcome, f"{r.system} on {task}: {v.text()}"))
     values = "; ".join(f"{t}: {_fmt(r)}" for t, r in cells)
-    verdict = f"worst merge keeps {kept[0]:.0%} (facts) / {kept[1]:.0%} (addition) of the expert's score"
-    return DemoLine("weights", "merge (task arithmetic, TIES) of two large fine-tunes: one model, both skills",
-                    "facts; addition", values, verdict, time.perf_counter() - t0)  # fmt: skip
+    return DemoLine("weights", f"merge (task arithmetic, TIES) of two large fine-tunes keeps ≥ {KEEP:.0%} of each "
+                    "expert's score", "facts; addition", values, _combined(verdicts), time.perf_counter() - t0)  # fmt: skip
+
+
+def _combined(verdicts: list[tuple[str, str]]) -> str:
+    """Several claims in one line: fails if one fails, holds if all hold, else inconclusive; each one's detail."""
+    outcomes = [o for o, _ in verdicts]
+    overall = "fails" if "fails" in outcomes else "holds" if all(o == "holds" for o in outcomes) else "inconclusive"
+    return f"{overall}: " + " | ".join(text for _, text in verdicts)
 
 
 def _lora_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | None, device: str) -> DemoLine:
@@ -155,12 +170,12 @@ def _lora_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | Non
         },
         api.zoo_task("facts", zoo), limit, device,
     )  # fmt: skip
-    gap = results[2].mean - results[0].mean
-    kept = (results[1].mean - results[0].mean) / gap if gap else 0.0
+    base, lora, tuned = (api.cell_values(r) for r in results)
+    verdict = api.recovered(base, lora, tuned, at_least=KEEP).text()
     err = extracted.summary.get("overall_rel_error")
-    verdict = f"recovers {kept:.0%} of the fine-tune's gain" + (f"; weight error {err:.3f}" if err is not None else "")
-    return DemoLine("weights", "extract-lora r16 → apply-lora", "facts (exact match)", _fmt(results), verdict,
-                    time.perf_counter() - t0)  # fmt: skip
+    values = _fmt(results) + (f"; weight error {err:.3f}" if err is not None else "")
+    return DemoLine("weights", f"extract-lora r16 → apply-lora recovers ≥ {KEEP:.0%} of the fine-tune's gain",
+                    "facts (exact match)", values, verdict, time.perf_counter() - t0)  # fmt: skip
 
 
 def _decode_lines(zoo: Path, limit: int | None, device: str, details: dict) -> list[DemoLine]:
@@ -181,14 +196,21 @@ def _speculative_line(roles: dict[str, str], limit: int | None, device: str, zoo
     members = (roles["large_sft_review"], roles["sft_review"], [roles["dpo_full"]])
     plain = api.CoDecoder.load(*members, api.FusionRule("eft"), device=device)
     spec = api.CoDecoder(plain.members, api.FusionRule("eft", speculative=4))  # the same loaded models
-    rates = []
-    for decoder in (plain, spec):
-        start = time.perf_counter()
-        gens = decoder.generate(prompts, sampling, batch_size=1)
-        rates.append((sum(g.num_tokens for g in gens) / (time.perf_counter() - start), [g.token_ids for g in gens]))
-    same = rates[0][1] == rates[1][1]
+    ratios, tokens, rates = [], [], []
+    for _ in range(SPEED_ROUNDS):  # paired rounds: plain then speculative, the machine's drift shared
+        pair = []
+        for decoder in (plain, spec):
+            start = time.perf_counter()
+            gens = decoder.generate(prompts, sampling, batch_size=1)
+            pair.append(sum(g.num_tokens for g in gens) / (time.perf_counter() - start))
+            tokens.append([g.token_ids for g in gens])
+        rates.append(pair)
+        ratios.append(pair[1] / pair[0])
+    same = all(t == tokens[0] for t in tokens)
     acceptance = spec.last_stats.get("acceptance_rate", 0.0)
-    values = f"plain EFT {rates[0][0]:.0f} tok/s, speculative K=4 {rates[1][0]:.0f} tok/s, acceptance {acceptance:.2f}"
-    verdict = ("identical tokens" if same else "tokens DIFFER") + f", {rates[1][0] / rates[0][0]:.2f}× the speed"
-    return DemoLine("decode", "speculative up-scaling (EFT paper): identical output, faster when the expert agrees", "review (batch 1, greedy)",
+    plain_rate, spec_rate = (sorted(r[k] for r in rates)[len(rates) // 2] for k in (0, 1))
+    values = f"plain EFT {plain_rate:.0f} tok/s, speculative K=4 {spec_rate:.0f} tok/s (medians), acceptance {acceptance:.2f}"
+    speed = api.faster(ratios).text()
+    verdict = f"{speed} | identical tokens" if same else f"fails: tokens DIFFER | {speed}"
+    return DemoLine("decode", "speculative up-scaling (EFT paper): identical output and faster", "review (batch 1, greedy)",
                     values, verdict, time.perf_counter() - t0)  # fmt: skip

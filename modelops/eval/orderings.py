@@ -1,8 +1,9 @@
 """The seed papers' headline orderings, measured on a zoo build with the eval harness.
 
 Each `Comparison` lists systems in the order a paper claims (weakest first) and the relation between
-neighbours: "<" strictly lower mean, "≤" lower or equal mean, "≲" lower or within the 95% intervals' overlap.
-Systems are evaluated once per (system, task) and shared between comparisons.
+neighbours: "<" the next system is better, "≲" it is not worse by more than the comparison's stated margin.
+Each neighbour pair is judged by a paired bootstrap over the task's prompts (`eval.verdicts`): holds, fails or
+inconclusive. Systems are evaluated once per (system, task) and shared between comparisons.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from typing import Any
 from modelops.eval.harness import SystemSpec, evaluate
 from modelops.eval.report import TaskResult
 from modelops.eval.tasks import TaskSpec, zoo_task
+from modelops.eval.verdicts import FAILS, HOLDS, INCONCLUSIVE, better
 from modelops.runtime.zoo_names import zoo_roles
 
 logger = logging.getLogger(__name__)
+
+EXACT_MARGIN = 0.05  # "≲" on exact-match tasks: not more than 5 points worse
+REWARD_MARGIN = 0.25  # "≲" on the review reward (gold reward in [−3, 2]): a twentieth of its range
 
 
 @dataclass
@@ -26,15 +31,16 @@ class Comparison:
     paper: str
     task: str
     systems: list[str]  # names into the system table, weakest first as the paper claims
-    relations: list[str]  # between neighbours: "<", "≤" or "≲"
+    relations: list[str]  # between neighbours: "<" (better) or "≲" (not worse by more than `margin`)
     note: str = ""
+    margin: float = 0.0  # the non-inferiority margin of "≲", in the task's metric
 
 
 @dataclass
 class OrderingResult:
     comparison: Comparison
     results: list[TaskResult]
-    verdict: str  # "holds" or "fails: <which pair>"
+    verdict: str  # "holds: …", "fails: …" or "inconclusive: …", with every pair's effect and bounds
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,26 +58,27 @@ def ordering_text(c: Comparison) -> str:
     parts = [c.systems[0]]
     for rel, name in zip(c.relations, c.systems[1:], strict=True):
         parts += [rel, name]
-    return " ".join(parts)
+    margin = f" (≲: within {c.margin:g})" if "≲" in c.relations else ""
+    return " ".join(parts) + margin
 
 
-def holds(a: TaskResult, b: TaskResult, relation: str) -> bool:
-    if relation == "<":
-        return a.mean < b.mean
-    if relation == "≤":
-        return a.mean <= b.mean
-    if relation == "≲":
-        return a.mean <= b.mean or a.summary.low <= b.summary.high
-    raise ValueError(f"unknown relation {relation!r}")
+def values(result: TaskResult) -> list[float]:
+    """The per-prompt values of a cell, in the task's row order (what a paired test pairs)."""
+    return [float(r["value"]) for r in sorted(result.records, key=lambda r: r["index"])]
 
 
-def verdict(c: Comparison, results: list[TaskResult]) -> str:
-    failed = [
-        f"{a.system} ({a.mean:.3g}) {rel} {b.system} ({b.mean:.3g}) does not hold"
-        for rel, a, b in zip(c.relations, results, results[1:], strict=False)
-        if not holds(a, b, rel)
-    ]
-    return "holds" if not failed else "fails: " + "; ".join(failed)
+def verdict(c: Comparison, results: list[TaskResult], *, seed: int = 0) -> str:
+    """The ordering's verdict: every neighbour pair by a paired bootstrap; fails if one fails, holds if all
+    hold, else inconclusive. Each pair's effect mean(b − a) and its one-sided 95% bounds follow."""
+    outcomes, details = [], []
+    for rel, a, b in zip(c.relations, results, results[1:], strict=False):
+        if rel not in ("<", "≲"):
+            raise ValueError(f"unknown relation {rel!r}")
+        v = better(values(a), values(b), margin=c.margin if rel == "≲" else 0.0, seed=seed)
+        outcomes.append(v.outcome)
+        details.append(f"{b.system} − {a.system} {v.effect:+.3g} [{v.low:+.3g}, {v.high:+.3g}] vs {v.threshold:+g}")
+    overall = FAILS if FAILS in outcomes else HOLDS if all(o == HOLDS for o in outcomes) else INCONCLUSIVE
+    return f"{overall}: " + "; ".join(details)
 
 
 def zoo_systems(zoo: Path, tasks: list[str], *, search_n: int = 16) -> dict[str, SystemSpec]:
@@ -111,34 +118,36 @@ def zoo_comparisons(tasks: list[str], *, search_n: int = 16) -> list[Comparison]
         out.append(
             Comparison(
                 "EFT / up-scaling (Mitchell et al. 2023)", "facts",
-                ["small SFT (facts)", "up-scaled (facts)", "large SFT (facts)"], ["<", "≤"],
-                "knowledge-heavy task: the large base brings what the small SFT lacks",
+                ["small SFT (facts)", "up-scaled (facts)", "large SFT (facts)"], ["<", "≲"],
+                "knowledge-heavy task: the large base brings what the small SFT lacks", EXACT_MARGIN,
             )
         )  # fmt: skip
     for t in skills:
         out.append(
             Comparison(
                 "DLF (Fan et al. 2024) vs proxy-tuning", t,
-                [f"small SFT ({t})", f"proxy α=1 ({t})", f"DLF ({t})", f"large SFT ({t})"], ["<", "≤", "<"],
-                "proxy-tuning α = 1 is the same formula as up-scaling (and gives the same numbers)",
+                [f"small SFT ({t})", f"proxy α=1 ({t})", f"DLF ({t})", f"large SFT ({t})"], ["<", "≲", "<"],
+                "proxy-tuning α = 1 is the same formula as up-scaling (and gives the same numbers)", EXACT_MARGIN,
             )
         )  # fmt: skip
     if len(skills) > 1:
         for t in skills:
             out.append(
                 Comparison("DLF multi-task (all experts at once vs the task's expert)", t,
-                           [f"DLF ({t})", "DLF (all experts)"], ["≲"], "one fused system serves every task")
+                           [f"DLF ({t})", "DLF (all experts)"], ["≲"], "one fused system serves every task",
+                           EXACT_MARGIN)
             )  # fmt: skip
             out.append(
                 Comparison("DLF per-step weights vs fixed equal weights (all experts)", t,
-                           ["fixed (all experts)", "DLF (all experts)"], ["≤"], "behaviour interpolation, no search")
+                           ["fixed (all experts)", "DLF (all experts)"], ["≲"], "behaviour interpolation, no search",
+                           EXACT_MARGIN)
             )  # fmt: skip
     if "review" in tasks:
         out.append(
             Comparison(
                 "Weak-to-strong search (Zhou et al. 2024)", "review",
-                ["large SFT (review)", "EFT (review)", f"best-of-{search_n}", "CBS(4,4,5)"], ["<", "≲", "≤"],
-                f"guided by small DPO − small SFT; {search_n} samples per prompt for both searches",
+                ["large SFT (review)", "EFT (review)", f"best-of-{search_n}", "CBS(4,4,5)"], ["<", "≲", "≲"],
+                f"guided by small DPO − small SFT; {search_n} samples per prompt for both searches", REWARD_MARGIN,
             )
         )  # fmt: skip
     return out
