@@ -67,6 +67,12 @@ def eval_cmd(
     ] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
+    lm_eval_tasks: Annotated[
+        str | None, typer.Option("--lm-eval-tasks", help="lm-eval tasks too (comma list; zoo_facts… built in).")
+    ] = None,
+    lm_eval_include: Annotated[
+        Path | None, typer.Option("--lm-eval-include", help="Folder of your own lm-eval task YAMLs.")
+    ] = None,
     num_processes: Annotated[
         int, typer.Option("--num-processes", min=1, help="Data-parallel processes (accelerate launch).")
     ] = 1,
@@ -84,7 +90,7 @@ def eval_cmd(
     setup(quiet or not rank0, threads)
     systems, recipe_tasks = api.eval_systems(model or [], [*(recipe or []), *([compare] if compare else [])], zoo)
     names = task or recipe_tasks
-    if not names:
+    if not names and not lm_eval_tasks:
         raise typer.BadParameter("give --task (a zoo task or a JSONL file), or tasks: in the recipe")
     specs = api.eval_tasks(names, metric=metric, zoo=zoo, fluency=fluency, max_new_tokens=max_new_tokens)
     if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # validated once, then relaunched
@@ -108,6 +114,8 @@ def eval_cmd(
         report = api.evaluate(systems, specs, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               seed=seed, batch_size=batch_size, limit=limit, resamples=bootstrap, device=device,
                               progress=bars, parallel_models=parallel_models, out=out, resume=resume,
+                              lm_eval_tasks=lm_eval_tasks.split(",") if lm_eval_tasks else (),
+                              lm_eval_include=lm_eval_include,
                               overwrite=overwrite)  # fmt: skip
     finally:
         if bars is not None:

@@ -9,6 +9,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ from modelops.eval.harness import EvalReport, SystemSpec, load_recipe, model_sys
 from modelops.eval.harness import evaluate as evaluate_systems
 from modelops.eval.orderings import OrderingRun, measure_orderings, ordering_text
 from modelops.eval.orderings import values as cell_values
+from modelops.eval.report import TaskResult
 from modelops.eval.tasks import DEFAULT_MAX_NEW, TaskSpec, load_task, zoo_task
 from modelops.eval.verdicts import Verdict, better, faster, recovered, share, tally
 from modelops.version import __version__
 
 __all__ = [
     "EvalReport",
+    "LmEvalRun",
     "OrderingRun",
     "SystemSpec",
     "TaskSpec",
@@ -41,8 +44,10 @@ __all__ = [
     "model_system",
     "ordering_text",
     "recovered",
+    "run_lm_eval",
     "share",
     "tally",
+    "zoo_lm_eval_tasks",
     "zoo_task",
 ]  # fmt: skip
 
@@ -94,13 +99,16 @@ def evaluate(
     out: Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    lm_eval_tasks: Sequence[str] = (),
+    lm_eval_include: Path | str | None = None,
 ) -> EvalReport:
     """Every system on every task: n, mean and a 95% bootstrap interval per pair, and every generation.
 
     With `out`, results.json, results.csv and the generations are written there atomically (by the main process
     when several run under accelerate / torchrun; every process gets the whole report). In one process, each
     finished row is kept as it finishes; `resume` continues an interrupted evaluation with the same systems,
-    tasks and sampling, running only the rows it had not finished."""
+    tasks and sampling, running only the rows it had not finished. `lm_eval_tasks` run through lm-evaluation-harness
+    on the same systems; their rows join the report and lm-eval's own results go to `out/lm_eval_results.json`."""
     import os
 
     from modelops.checkpoint import AtomicOutput, check_output_location
@@ -130,9 +138,17 @@ def evaluate(
         ) from None
     finally:
         leave_process_group()
+    raw = None
+    if lm_eval_tasks:
+        run = run_lm_eval(systems, lm_eval_tasks, include_path=lm_eval_include, limit=limit, batch_size=batch_size,
+                          device=device)  # fmt: skip
+        report.results += run.rows
+        raw = run.raw
     if out is not None and is_main_process():
         with AtomicOutput(Path(out), overwrite=overwrite) as tmp:
             report.write(tmp)
+            if raw is not None:
+                (tmp / "lm_eval_results.json").write_text(json.dumps(raw, indent=1, default=str))
     if store is not None:
         store.remove()
     return report
@@ -194,3 +210,70 @@ class PartialRecords:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class LmEvalRun:
+    """lm-eval's numbers for each system: rows for modelops' table, and lm-eval's own results per system."""
+
+    rows: list[TaskResult] = field(default_factory=list)
+    raw: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def zoo_lm_eval_tasks(zoo: Path | str | None = None) -> Path:
+    """The zoo's facts task as local lm-eval tasks (zoo_facts, zoo_facts_mc, zoo_facts_text), written once per
+    zoo build under the cache; pass the folder as lm-eval's `--include_path`."""
+    from modelops.cache import cache_root
+    from modelops.eval.lmeval import write_zoo_tasks
+    from modelops.runtime.zoo_names import find_zoo
+
+    folder = find_zoo(zoo)
+    facts = zoo_task("facts", folder)
+    target = cache_root() / "lm_eval_tasks" / folder.name
+    return write_zoo_tasks(facts.rows, facts.max_new_tokens or DEFAULT_MAX_NEW, target)
+
+
+def run_lm_eval(
+    systems: dict[str, SystemSpec],
+    tasks: Sequence[str],
+    *,
+    include_path: Path | str | None = None,
+    zoo: Path | str | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> LmEvalRun:
+    """lm-evaluation-harness tasks on each system, the system's co-decoder standing in as lm-eval's model. Zoo task
+    names (zoo_facts, zoo_facts_mc, zoo_facts_text) are found without an include path. Each row's interval is
+    mean ± 1.96 × lm-eval's standard error."""
+    import lm_eval as harness
+    from lm_eval.tasks import TaskManager
+
+    from modelops.devices import pick_device
+    from modelops.eval.lmeval import ZOO_LM_EVAL_TASKS, ModelopsLM
+    from modelops.eval.metrics import Summary
+
+    paths = [str(include_path)] if include_path else []
+    if any(t in ZOO_LM_EVAL_TASKS for t in tasks):
+        paths.append(str(zoo_lm_eval_tasks(zoo)))
+    manager = TaskManager(include_path=paths or None)
+    run, dev = LmEvalRun(), pick_device(device)
+    for name, system in systems.items():
+        decoder = system.build(dev)
+        try:
+            model = ModelopsLM(decoder=decoder, batch_size=batch_size)
+            result = harness.simple_evaluate(model=model, tasks=list(tasks), task_manager=manager, limit=limit)
+        finally:
+            if system.decoder is None:
+                decoder.close()
+        run.raw[name] = {k: result[k] for k in ("results", "n-samples", "configs", "versions") if k in result}
+        for task in tasks:
+            metrics = result["results"][task]
+            key = next(k for k in metrics if "," in k and "stderr" not in k)
+            mean = float(metrics[key])
+            err = metrics.get(key.replace(",", "_stderr,", 1))
+            half = 1.96 * float(err) if isinstance(err, (int, float)) else 0.0
+            n = int(result["n-samples"][task]["effective"])
+            label = f"lm-eval {key.split(',')[0]}"
+            run.rows.append(TaskResult(name, task, label, Summary(n, mean, mean - half, mean + half)))
+    return run

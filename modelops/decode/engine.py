@@ -241,6 +241,23 @@ class LockstepDecoder:
             )
         return out
 
+    def score_ids(
+        self, contexts: Sequence[list[int]], continuations: Sequence[list[int]], *, batch_size: int = 8
+    ) -> list[tuple[list[float], list[bool]]]:
+        """Teacher-forced fused log-probs of token-id continuations after token-id contexts (the same ids for every
+        member: callers that tokenize themselves, such as lm-eval), with whether each token is the argmax."""
+        members = self.members if self.rule.name != "single" else self.members[:1]
+        out: list[tuple[list[float], list[bool]]] = []
+        for lo in range(0, len(contexts), batch_size):
+            ctx = [list(c) for c in contexts[lo : lo + batch_size]]
+            flags: list[list[bool]] = []
+            logps = continuation_logprobs(
+                self.runners(), self.fuse, [ctx] * len(members), [list(c) for c in continuations[lo : lo + batch_size]],
+                self.pad_id, overlap=self.overlap, greedy=flags,
+            )  # fmt: skip
+            out += list(zip(logps, flags, strict=True))
+        return out
+
     def _to_generation(self, row_id: Any, out: RowOutput) -> Generation:
         return Generation(
             id=row_id,

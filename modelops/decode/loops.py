@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from modelops.decode.overlap import Overlap, run_all
-from modelops.decode.sampling import SamplingConfig, choose, row_uniforms
+from modelops.decode.sampling import SamplingConfig, choose, first_argmax, row_uniforms
 from modelops.runtime.generate import left_pad
 from modelops.runtime.runner import Runner
 
@@ -170,8 +170,10 @@ def continuation_logprobs(
     pad_id: int,
     chunk_rows: int = 256,
     overlap: Overlap | None = None,
+    greedy: list[list[bool]] | None = None,
 ) -> list[list[float]]:
-    """Teacher-forced log p̃(y_t | x, y_<t) of each continuation token: one parallel forward per model."""
+    """Teacher-forced log p̃(y_t | x, y_<t) of each continuation token: one parallel forward per model.
+    `greedy`, when given, gets per token whether it is the fused distribution's argmax (lm-eval's is_greedy)."""
     n_rows = len(continuations)
     gathered: list[torch.Tensor] = []
     padded = [
@@ -190,16 +192,22 @@ def continuation_logprobs(
         runner.cache = None
     targets = torch.tensor([t for c in continuations for t in c], dtype=torch.long)
     scores: list[torch.Tensor] = []
+    hits: list[torch.Tensor] = []
     for lo in range(0, targets.numel(), chunk_rows):
         part = [g[lo : lo + chunk_rows] for g in gathered]
         fused, _ = fuse(part)
         logp = torch.log_softmax(fused, -1)
         tgt = targets[lo : lo + chunk_rows].to(logp.device)
         scores.append(logp.gather(1, tgt[:, None])[:, 0].cpu())
+        if greedy is not None:
+            hits.append((first_argmax(fused) == tgt).cpu())
     flat = torch.cat(scores) if scores else torch.zeros(0)
+    flags = torch.cat(hits).tolist() if hits else []
     out, pos = [], 0
     for c in continuations:
         out.append(flat[pos : pos + len(c)].tolist())
+        if greedy is not None:
+            greedy.append(flags[pos : pos + len(c)])
         pos += len(c)
     assert len(out) == n_rows
     return out

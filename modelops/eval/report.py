@@ -86,7 +86,7 @@ class EvalReport:
         written = [folder / "results.json", folder / "results.csv"]
         written[0].write_text(self.to_json(), encoding="utf-8")
         written[1].write_text(self.to_csv(), encoding="utf-8")
-        for r in self.results:
+        for r in (r for r in self.results if r.records):
             path = folder / generations_name(r.system, r.task)
             with path.open("w", encoding="utf-8") as fh:
                 for rec in r.records:
@@ -103,7 +103,7 @@ class EvalReport:
             table.add_column(col, justify="left" if col in ("system", "task", "metric") else "right")
         for r in self.results:
             kind = r.metric.split(":")[0]
-            pct = kind in ("exact", "choice")
+            pct = kind in ("exact", "choice") or kind in ("lm-eval acc", "lm-eval acc_norm", "lm-eval exact_match")
             fl = r.fluency
             table.add_row(
                 r.system, r.task, kind, str(r.summary.n), fmt_value(r.summary.mean, pct),
