@@ -126,7 +126,7 @@ def eval_cmd(
         console = Console()
         (console if console.is_terminal else Console(width=160)).print(report.table())
         if out is not None:
-            err(f"wrote results.json, results.csv and {len(report.results)} generations file(s) to {out}")
+            err(f"wrote results.json, results.csv, results.md and the generations to {out}")
     api.end_worker_process()  # a torchrun worker leaves once everything is written
 
 

@@ -56,7 +56,9 @@ def extrapolate(
     dpo: Annotated[str | None, typer.Option("--dpo", help="Aligned (DPO/RLHF) model: folder or org/name.")] = None,
     alpha: Annotated[str | None, typer.Option("--alpha", help="Strength α (≥ −1), or 'auto' (with --eval).")] = None,
     alpha_grid: Annotated[str | None, typer.Option("--alpha-grid", help="α values for auto (comma list).")] = None,
-    eval_task: Annotated[str | None, typer.Option("--eval", help="Task that picks α: zoo task or JSONL.")] = None,
+    eval_task: Annotated[
+        str | None, typer.Option("--eval", help="Task that picks α: zoo task, JSONL, lm-eval:TASK.")
+    ] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="Metric for a JSONL --eval task.")] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Score only the first N rows.")] = None,
     zoo: Annotated[str | None, typer.Option("--zoo", help="Zoo build folder for zoo task names.")] = None,

@@ -143,3 +143,16 @@ def test_eft_on_the_zoo_facts_task_through_lm_eval_equals_modelops_eval(mini_zoo
     decoder.close()
     assert [s["resps"][0][0] for s in sorted(theirs, key=lambda s: s["doc_id"])] == ours
     assert sum(bool(t) for t in ours) > 6  # real answers, not empty strings
+
+
+def test_alpha_auto_can_choose_alpha_by_an_lm_eval_task(decode_family, tasks) -> None:
+    """--alpha auto with --eval lm-eval:TASK: at α = 0 the score is lm-eval's own for the aligned model."""
+    from modelops import api
+
+    sft, dpo = str(decode_family["base"]), str(decode_family["expert2"])
+    best, record = api.choose_alpha(sft, dpo, "0,0.5,2", "lm-eval:t_mc", device="cpu", lm_eval_include=str(tasks))
+    curve = record["alpha_search"]["curve"]
+    assert [p["alpha"] for p in curve] == [0.0, 0.5, 2.0]
+    hf = evaluate("hf", f"pretrained={dpo},dtype=float32", tasks)["results"]["t_mc"]["acc,none"]
+    assert curve[0]["mean"] == pytest.approx(hf)
+    assert best.mean == max(p["mean"] for p in curve)

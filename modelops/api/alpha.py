@@ -19,7 +19,7 @@ from modelops.checkpoint import Checkpoint
 from modelops.decode import CoDecoder, FusionRule
 from modelops.decode.models import Member
 from modelops.devices import pick_device
-from modelops.errors import CheckpointError, ModelopsError
+from modelops.errors import CheckpointError, ModelopsError, RecipeError
 from modelops.eval.harness import SystemSpec, evaluate
 from modelops.eval.tasks import load_task
 from modelops.merge.methods.weighted import expo
@@ -100,8 +100,10 @@ def alpha_sweep(
     device: str = "cpu",
     allow_pickle: bool = False,
     on_point: Callable[[AlphaPoint], None] | None = None,
+    lm_eval_include: str | None = None,
 ) -> list[AlphaPoint]:
-    """Score ExPO at every α of the grid on `task` (a TaskSpec); α = 0 is the DPO model itself."""
+    """Score ExPO at every α of the grid on `task` (a TaskSpec, or "lm-eval:TASK" for an lm-evaluation-harness task
+    whose metric is higher-is-better); α = 0 is the DPO model itself."""
     model, tok = load_causal_lm(dpo, device=device, allow_pickle=allow_pickle)
     weights = Reweighter(model, sft, allow_pickle=allow_pickle)
     decoder = CoDecoder([Member("large", dpo, model, tok)], FusionRule("single"))
@@ -109,8 +111,12 @@ def alpha_sweep(
     for alpha in grid:
         weights.set_alpha(alpha)
         name = f"alpha={alpha:g}"
-        report = evaluate({name: SystemSpec(name, decoder=decoder)}, [task], sampling, batch_size, limit, device=device)
-        res = report.results[0]
+        system = {name: SystemSpec(name, decoder=decoder)}
+        if isinstance(task, str):  # lm-eval:TASK
+            res = _lm_eval_point(system, task.removeprefix(LM_EVAL), limit=limit, batch_size=batch_size, device=device,
+                                 include_path=lm_eval_include)  # fmt: skip
+        else:
+            res = evaluate(system, [task], sampling, batch_size, limit, device=device).results[0]
         point = AlphaPoint(
             alpha, res.mean, res.summary.low, res.summary.high, res.fluency.mean if res.fluency else None
         )
@@ -119,6 +125,23 @@ def alpha_sweep(
             on_point(point)
     weights.set_alpha(0.0)
     return points
+
+
+LM_EVAL = "lm-eval:"  # a task of lm-evaluation-harness rather than a zoo task or a JSONL file
+
+
+def _lm_eval_point(system: dict[str, SystemSpec], task: str, **options: Any) -> Any:
+    """One α's row on an lm-eval task (zoo_facts… built in), refused when the metric is lower-is-better."""
+    from modelops.api.evaluation import run_lm_eval
+
+    run = run_lm_eval(system, [task], **options)
+    (name,) = system
+    raw = run.raw[name]
+    metric = run.rows[0].metric.removeprefix("lm-eval ")
+    better = raw.get("higher_is_better", {}).get(task, {}).get(metric, True)
+    if not better:
+        raise RecipeError(f"--eval lm-eval:{task}: its metric {metric} is lower-is-better; choose a task scored by acc")
+    return run.rows[0]
 
 
 def best_alpha(points: list[AlphaPoint]) -> AlphaPoint:
@@ -138,15 +161,20 @@ def choose_alpha(
     device: str = "auto",
     allow_pickle: bool = False,
     on_point: Callable[[AlphaPoint], None] | None = None,
+    lm_eval_include: str | None = None,
 ) -> tuple[AlphaPoint, dict[str, Any]]:
     """Sweep α over the grid (comma list; default −0.5…2.5, with 0 = the aligned model) on the task and return the
     best point plus the `alpha_search` record that goes into the output's recipe and card."""
     device = pick_device(device)
     grid = parse_alpha_grid(grid_text) if grid_text else list(DEFAULT_ALPHA_GRID)
-    task = load_task(task_name, metric, zoo=zoo)
-    points = alpha_sweep(sft, dpo, grid, task, limit=limit, device=device, allow_pickle=allow_pickle, on_point=on_point)
+    task = task_name if task_name.startswith(LM_EVAL) else load_task(task_name, metric, zoo=zoo)
+    points = alpha_sweep(sft, dpo, grid, task, limit=limit, device=device, allow_pickle=allow_pickle, on_point=on_point,
+                         lm_eval_include=lm_eval_include)  # fmt: skip
     best = best_alpha(points)
-    n = min(limit, len(task.rows)) if limit else len(task.rows)
-    search = {"task": task.name, "metric": task.metric_label, "n": n, "best_alpha": best.alpha}
+    if isinstance(task, str):
+        search = {"task": task, "metric": "lm-eval", "n": limit, "best_alpha": best.alpha}
+    else:
+        n = min(limit, len(task.rows)) if limit else len(task.rows)
+        search = {"task": task.name, "metric": task.metric_label, "n": n, "best_alpha": best.alpha}
     search["curve"] = [p.to_dict() for p in points]
     return best, {"alpha_search": search}

@@ -246,13 +246,18 @@ def run_lm_eval(
     """lm-evaluation-harness tasks on each system, the system's co-decoder standing in as lm-eval's model. Zoo task
     names (zoo_facts, zoo_facts_mc, zoo_facts_text) are found without an include path. Each row's interval is
     mean ± 1.96 × lm-eval's standard error."""
+    import logging
+
     import lm_eval as harness
+    from datasets.utils.logging import disable_progress_bar
     from lm_eval.tasks import TaskManager
 
     from modelops.devices import pick_device
     from modelops.eval.lmeval import ZOO_LM_EVAL_TASKS, ModelopsLM
     from modelops.eval.metrics import Summary
 
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its per-run seed and config lines; results come back
+    disable_progress_bar()
     paths = [str(include_path)] if include_path else []
     if any(t in ZOO_LM_EVAL_TASKS for t in tasks):
         paths.append(str(zoo_lm_eval_tasks(zoo)))
@@ -266,13 +271,14 @@ def run_lm_eval(
         finally:
             if system.decoder is None:
                 decoder.close()
-        run.raw[name] = {k: result[k] for k in ("results", "n-samples", "configs", "versions") if k in result}
+        keep = ("results", "n-samples", "higher_is_better", "configs", "versions")
+        run.raw[name] = {k: result[k] for k in keep if k in result}
         for task in tasks:
             metrics = result["results"][task]
             key = next(k for k in metrics if "," in k and "stderr" not in k)
             mean = float(metrics[key])
             err = metrics.get(key.replace(",", "_stderr,", 1))
-            half = 1.96 * float(err) if isinstance(err, (int, float)) else 0.0
+            half = 1.96 * float(err) if isinstance(err, (int, float)) else float("nan")  # no stderr: no interval
             n = int(result["n-samples"][task]["effective"])
             label = f"lm-eval {key.split(',')[0]}"
             run.rows.append(TaskResult(name, task, label, Summary(n, mean, mean - half, mean + half)))

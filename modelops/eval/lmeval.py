@@ -232,11 +232,11 @@ def write_zoo_tasks(rows: list[dict[str, Any]], max_new_tokens: int, folder: Pat
     bodies = {
         "zoo_facts": 'output_type: generate_until\ndoc_to_text: "{{question}}"\ndoc_to_target: "{{answer}}"\n'
         f"generation_kwargs:\n  until: []\n  max_gen_toks: {max_new_tokens}\n  do_sample: false\n"
-        "metric_list:\n  - metric: exact_match\n",
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n",
         "zoo_facts_mc": 'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
-        "doc_to_target: label\nmetric_list:\n  - metric: acc\n",
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
         "zoo_facts_text": 'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
-        "metric_list:\n  - metric: word_perplexity\n",
+        "metric_list:\n  - metric: word_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n",
     }
     for task, body in bodies.items():
         path = folder / f"{task}.jsonl"

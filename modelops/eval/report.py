@@ -81,11 +81,23 @@ class EvalReport:
             writer.writerow({k: ("" if v is None else v) for k, v in r.row().items()})
         return buf.getvalue()
 
+    def to_markdown(self) -> str:
+        """The table as Markdown (what a README shows), the same cells as `table()`."""
+        lines = ["| system | task | metric | n | mean | 95% CI |", "|---|---|---|---|---|---|"]
+        for r in self.results:
+            pct = percent_metric(r.metric)
+            s = r.summary
+            ci = f"{fmt_value(s.low, pct)} – {fmt_value(s.high, pct)}" if s.low == s.low else "-"
+            lines.append(f"| {r.system} | {r.task} | {r.metric} | {s.n} | {fmt_value(s.mean, pct)} | {ci} |")
+        return "\n".join(lines) + "\n"
+
     def write(self, folder: Path) -> list[Path]:
-        """results.json, results.csv and generations_<system>_<task>.jsonl into `folder` (which exists)."""
-        written = [folder / "results.json", folder / "results.csv"]
+        """results.json, results.csv, results.md and generations_<system>_<task>.jsonl into `folder` (which
+        exists)."""
+        written = [folder / "results.json", folder / "results.csv", folder / "results.md"]
         written[0].write_text(self.to_json(), encoding="utf-8")
         written[1].write_text(self.to_csv(), encoding="utf-8")
+        written[2].write_text(self.to_markdown(), encoding="utf-8")
         for r in (r for r in self.results if r.records):
             path = folder / generations_name(r.system, r.task)
             with path.open("w", encoding="utf-8") as fh:
@@ -103,7 +115,7 @@ class EvalReport:
             table.add_column(col, justify="left" if col in ("system", "task", "metric") else "right")
         for r in self.results:
             kind = r.metric.split(":")[0]
-            pct = kind in ("exact", "choice") or kind in ("lm-eval acc", "lm-eval acc_norm", "lm-eval exact_match")
+            pct = percent_metric(r.metric)
             fl = r.fluency
             table.add_row(
                 r.system, r.task, kind, str(r.summary.n), fmt_value(r.summary.mean, pct),
@@ -112,6 +124,12 @@ class EvalReport:
                 f"{r.seconds:.1f}",
             )  # fmt: skip
         return table
+
+
+def percent_metric(metric: str) -> bool:
+    """Shares (exact match, accuracy) print as percentages; rewards and perplexities as numbers."""
+    kind = metric.split(":")[0]
+    return kind in ("exact", "choice", "lm-eval acc", "lm-eval acc_norm", "lm-eval exact_match")
 
 
 def fmt_value(x: float, percent: bool) -> str:
