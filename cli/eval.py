@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +12,7 @@ import typer
 from modelops.cli.common import Device, Overwrite, Quiet, Resume, Threads, err, handle_errors, setup
 from modelops.cli.decode_options import BatchSize, ParallelModels
 from modelops.cli.progress import TaskBars
+from modelops.cli.relaunch import given_options, relaunch
 
 TaskOpt = Annotated[
     list[str] | None,
@@ -34,18 +34,9 @@ FluencyOpt = Annotated[
 ]
 
 
-def _relaunch(n: int, argv: list[str]) -> int:
-    """This same command in n processes through torchrun (what `accelerate launch --multi_gpu` runs): each
-    process joins accelerate's PartialState (gloo on CPU, nccl on GPUs). `accelerate launch --cpu` cannot start
-    several CPU processes without MPI, so torchrun's `--standalone` rendezvous (a free port) is used directly."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "modelops.cli.eval", *argv]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call(cmd, env=env)
-
-
 @handle_errors
 def eval_cmd(
+    ctx: typer.Context,
     task: TaskOpt = None,
     model: ModelOpt = None,
     recipe: RecipeOpt = None,
@@ -94,18 +85,7 @@ def eval_cmd(
         raise typer.BadParameter("give --task (a zoo task or a JSONL file), or tasks: in the recipe")
     specs = api.eval_tasks(names, metric=metric, zoo=zoo, fluency=fluency, max_new_tokens=max_new_tokens)
     if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # validated once, then relaunched
-        argv = [a for t in names for a in ("--task", t)] + [a for m in model or [] for a in ("--model", m)]
-        argv += [a for r in recipe or [] for a in ("--recipe", str(r))]
-        for flag, value in (("--compare", compare), ("--zoo", zoo), ("--metric", metric),
-                            ("--fluency", fluency), ("--limit", limit), ("--max-new-tokens", max_new_tokens),
-                            ("--out", out)):  # fmt: skip
-            if value is not None:
-                argv += [flag, str(value)]
-        argv += ["--batch-size", str(batch_size), "--temperature", str(temperature), "--top-p", str(top_p),
-                 "--seed", str(seed), "--bootstrap", str(bootstrap), "--device", device,
-                 "--threads", str(threads)] + ["--overwrite"] * overwrite + ["-q"] * quiet  # fmt: skip
-        argv += ["--parallel-models"] * parallel_models
-        raise typer.Exit(_relaunch(num_processes, argv))
+        raise typer.Exit(relaunch(num_processes, "modelops.cli.eval", given_options(ctx, skip=("num_processes",))))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per model load is noise here; ours shows the rows
