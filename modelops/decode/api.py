@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from modelops.decode.codecoder import CoDecoder
 from modelops.decode.engine import FusionRule
 from modelops.decode.spec import SEARCH_RULES, DecodeSpec
 from modelops.decode.types import Generation
-from modelops.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -117,25 +112,3 @@ def alpha_step(weights: list[float]) -> dict[str, Any]:
     if not active:
         return {"expert": None, "alpha": 0.0}
     return {"expert": active[0], "alpha": round(weights[active[0]], 6)}
-
-
-def write_jsonl(rows: list[dict[str, Any]], target: Path, *, inputs: list[Path], overwrite: bool) -> None:
-    """Write beside the target and rename: a killed run leaves no half-written results file."""
-    target = Path(target)
-    for src in inputs:
-        if src.exists() and target.exists() and src.resolve() == target.resolve():
-            raise OutputError(f"--out {target} is the prompts file itself; choose another output file")
-    if target.exists() and not overwrite:
-        raise OutputError(f"{target} exists; pass --overwrite to replace it (written atomically)")
-    if target.exists() and target.is_dir():
-        raise OutputError(f"--out {target} is a folder; give a file name such as results.jsonl")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
