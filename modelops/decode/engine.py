@@ -217,14 +217,21 @@ class LockstepDecoder:
         row_ids = list(ids) if ids is not None else list(range(len(prompts)))
         keys = [prompt_key(sampling.seed, i) for i in row_ids] if sampling.seed is not None else None
         stats: dict[str, Any] = {}
-        on_row = (lambda k, out: on_generation(self._to_generation(row_ids[k], out))) if on_generation else None
+        made: dict[int, Generation] = {}  # each row's Generation, built once (decoding its text is not free)
+
+        def generation(k: int, out: RowOutput) -> Generation:
+            if k not in made:
+                made[k] = self._to_generation(row_ids[k], out)
+            return made[k]
+
+        on_row = (lambda k, out: on_generation(generation(k, out))) if on_generation else None
         outs = lockstep_generate(
             self.runners(), self.fuse, self._prompt_ids(prompts), sampling, stopper, self.pad_id, None,
             overlap=self.overlap, rows=batch_size, refill=continuous, on_done=on_batch, stats=stats, row_keys=keys,
             on_row=on_row,
         )  # fmt: skip
         self.last_stats = stats
-        return [self._to_generation(row_ids[k], out) for k, out in enumerate(outs)]
+        return [generation(k, out) for k, out in enumerate(outs)]
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str], *, batch_size: int = 8) -> list[list[float]]:
         """Teacher-forced fused log-probs of each continuation's tokens (continuations tokenized on their own)."""

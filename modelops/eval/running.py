@@ -80,20 +80,20 @@ def score_rows(
         return out
     where = {r["id"]: (i, r) for i, r in zip(indices, rows, strict=True)}
     per_row = on_record if task.metric != "rm" else None  # a reward model scores the batch at the end
+    made: dict[int, dict[str, Any]] = {}  # row number -> its record, each made once (reward functions run once)
+
+    def record(gen: Any) -> dict[str, Any]:
+        i, row = where[gen.id]
+        if i not in made:
+            made[i] = {**generation_record(task, row, gen, scorers), "index": i}
+        return made[i]
 
     def finished(gen: Any) -> None:
-        i, row = where[gen.id]
-        rec = generation_record(task, row, gen, scorers)
-        rec["index"] = i
-        per_row(rec)  # type: ignore[misc]
+        per_row(record(gen))  # type: ignore[misc]
 
     gens = decoder.generate(prompts, sampling, ids=[r["id"] for r in rows], batch_size=batch_size,
                             on_batch=on_rows, on_generation=finished if per_row else None)  # fmt: skip
-    out = []
-    for i, r, g in zip(indices, rows, gens, strict=True):
-        rec = generation_record(task, r, g, scorers)
-        rec["index"] = i
-        out.append(rec)
+    out = [record(g) for g in gens]
     if task.metric == "rm":
         assert scorers.rm is not None
         values = scorers.rm.score(prompts, [rec["text"] for rec in out], batch_size=batch_size)
