@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from modelops.eval.verdicts import FAILS, HOLDS, INCONCLUSIVE, better, faster, judge, recovered, share, tally
+from modelops.eval.verdicts import FAILS, HOLDS, INCONCLUSIVE, better, combine, faster, judge, recovered, share, tally
 
 
 def test_a_tie_is_inconclusive_never_holds() -> None:
@@ -75,3 +75,5 @@ def test_speed_ratio_judged_against_one() -> None:
 def test_judge_and_tally() -> None:
     assert judge(0.1, 0.5, 0.0) == HOLDS and judge(-0.5, -0.1, 0.0) == FAILS and judge(-0.1, 0.1, 0.0) == INCONCLUSIVE
     assert tally(["holds: x", "fails: y", "inconclusive: z", "holds"]) == "2 hold, 1 fail, 1 inconclusive"
+    assert combine([HOLDS, HOLDS]) == HOLDS and combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combine([INCONCLUSIVE, FAILS, HOLDS]) == FAILS

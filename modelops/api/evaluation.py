@@ -22,7 +22,7 @@ from modelops.eval.orderings import OrderingRun, measure_orderings, ordering_tex
 from modelops.eval.orderings import values as cell_values
 from modelops.eval.report import TaskResult
 from modelops.eval.tasks import DEFAULT_MAX_NEW, TaskSpec, load_task, zoo_task
-from modelops.eval.verdicts import Verdict, better, faster, recovered, share, tally
+from modelops.eval.verdicts import Verdict, better, combine, faster, recovered, share, tally
 from modelops.version import __version__
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Verdict",
     "better",
     "cell_values",
+    "combine",
     "end_worker_process",
     "eval_systems",
     "eval_tasks",

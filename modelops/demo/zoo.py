@@ -151,9 +151,7 @@ def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | No
 
 def _combined(verdicts: list[tuple[str, str]]) -> str:
     """Several claims in one line: fails if one fails, holds if all hold, else inconclusive; each one's detail."""
-    outcomes = [o for o, _ in verdicts]
-    overall = "fails" if "fails" in outcomes else "holds" if all(o == "holds" for o in outcomes) else "inconclusive"
-    return f"{overall}: " + " | ".join(text for _, text in verdicts)
+    return f"{api.combine([o for o, _ in verdicts])}: " + " | ".join(text for _, text in verdicts)
 
 
 def _lora_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | None, device: str) -> DemoLine:

@@ -17,7 +17,7 @@ from typing import Any
 from modelops.eval.harness import SystemSpec, evaluate
 from modelops.eval.report import TaskResult
 from modelops.eval.tasks import TaskSpec, zoo_task
-from modelops.eval.verdicts import FAILS, HOLDS, INCONCLUSIVE, better
+from modelops.eval.verdicts import better, combine
 from modelops.runtime.zoo_names import zoo_roles
 
 logger = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ def verdict(c: Comparison, results: list[TaskResult], *, seed: int = 0) -> str:
         v = better(values(a), values(b), margin=c.margin if rel == "≲" else 0.0, seed=seed)
         outcomes.append(v.outcome)
         details.append(f"{b.system} − {a.system} {v.effect:+.3g} [{v.low:+.3g}, {v.high:+.3g}] vs {v.threshold:+g}")
-    overall = FAILS if FAILS in outcomes else HOLDS if all(o == HOLDS for o in outcomes) else INCONCLUSIVE
-    return f"{overall}: " + "; ".join(details)
+    return f"{combine(outcomes)}: " + "; ".join(details)
 
 
 def zoo_systems(zoo: Path, tasks: list[str], *, search_n: int = 16) -> dict[str, SystemSpec]:

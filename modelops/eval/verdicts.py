@@ -128,6 +128,13 @@ def _nan_safe(v: Verdict) -> Verdict:
     return v
 
 
+def combine(outcomes: Sequence[str]) -> str:
+    """Several claims as one: fails if one fails, holds if all hold, otherwise inconclusive."""
+    if FAILS in outcomes:
+        return FAILS
+    return HOLDS if outcomes and all(o == HOLDS for o in outcomes) else INCONCLUSIVE
+
+
 def tally(verdicts: Sequence[str]) -> str:
     """ "3 hold, 1 fails, 2 inconclusive" from verdict texts (their first word)."""
     words = [v.split(":", 1)[0].split()[0] if v else "" for v in verdicts]
