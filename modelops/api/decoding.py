@@ -9,10 +9,10 @@ from typing import Any
 from modelops.checkpoint import Checkpoint
 from modelops.checkpoint.rows import ResumableRows, check_rows_target
 from modelops.decode import CoDecoder, FusionRule
-from modelops.decode.api import DecodeRun, build_decoder, run_decode
+from modelops.decode.api import DecodeRun, run_decode
+from modelops.decode.api import build_decoder as load_decoder
 from modelops.decode.sampling import SamplingConfig
 from modelops.decode.spec import DecodeSpec, load_spec, read_prompts
-from modelops.devices import pick_device
 from modelops.errors import ModelopsError
 from modelops.provenance import fingerprint_sha256
 from modelops.version import __version__
@@ -27,28 +27,6 @@ def decode_spec(recipe: Path | None = None, **overrides: Any) -> DecodeSpec:
     """A fused-decoding configuration from a recipe file and/or keyword overrides (large, small_base, experts,
     rule, weights, ...); every value is checked, and zoo roles are resolved."""
     return load_spec(Path(recipe) if recipe is not None else None, overrides)
-
-
-def load_decoder(
-    spec: DecodeSpec,
-    *,
-    device: str = "auto",
-    dtype: str | None = None,
-    device_map: str | None = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-    parallel: bool = False,
-) -> CoDecoder:
-    """The co-decoder for `spec`: every model loaded once, a KV cache each, the rule's fusion. Close it when done."""
-    return build_decoder(
-        spec,
-        device=pick_device(device),
-        dtype=dtype,
-        device_map=device_map,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-        parallel=parallel,
-    )
 
 
 def model_fingerprint(spec: str, *, allow_pickle: bool = False) -> str:

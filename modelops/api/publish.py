@@ -13,11 +13,16 @@ from typing import Any
 
 from modelops.errors import RecipeError
 from modelops.hub.card import build_model_card, write_model_card
-from modelops.hub.push import PushResult, push_folder
+from modelops.hub.push import PushResult
+from modelops.hub.push import push_folder as push
 from modelops.lora import apply as lora_apply
 from modelops.lora import extract as lora_extract
 from modelops.merge.methods import get_method
 from modelops.provenance import MethodDescription, read_recipe_file
+
+__all__ = [
+    "OPERATION_DESCRIPTIONS", "PushResult", "build_card", "card_writer", "describe_method", "push", "write_card",
+]  # fmt: skip
 
 OPERATION_DESCRIPTIONS = {d.name: d for d in (lora_extract.DESCRIPTION, lora_apply.DESCRIPTION)}
 
@@ -59,26 +64,3 @@ def write_card(folder: Path, *, template: Path | None = None, extra_text: str | 
 def card_writer(enabled: bool = True) -> Callable[[Path], None] | None:
     """The hook operations call on their complete temp folder: writes the model card there (None: no card)."""
     return write_card if enabled else None
-
-
-def push(
-    folder: Path,
-    repo_id: str,
-    *,
-    private: bool = False,
-    revision: str | None = None,
-    create_pr: bool = False,
-    commit_message: str | None = None,
-    token: str | None = None,
-) -> PushResult:
-    """Validate `folder` (loads, complete, no temp files, no token or local path inside) and upload it to
-    `repo_id`; an unchanged folder makes no new commit."""
-    return push_folder(
-        Path(folder),
-        repo_id,
-        private=private,
-        revision=revision,
-        create_pr=create_pr,
-        commit_message=commit_message,
-        token=token,
-    )

@@ -12,6 +12,7 @@ from modelops.decode.codecoder import CoDecoder
 from modelops.decode.engine import FusionRule
 from modelops.decode.spec import SEARCH_RULES, DecodeSpec
 from modelops.decode.types import Generation
+from modelops.devices import pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,15 @@ class DecodeRun:
 def build_decoder(
     spec: DecodeSpec,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str | None = None,
     device_map: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     parallel: bool = False,
 ) -> CoDecoder:
+    """The co-decoder for `spec`: every model loaded once, a KV cache each, the rule's fusion. Close it when done.
+    `device`: cpu, cuda, cuda:N or auto (the GPU when there is one)."""
     rule = FusionRule.from_spec(spec, spec.rule)
     return CoDecoder.load(
         spec.large,
@@ -43,7 +46,7 @@ def build_decoder(
         spec.experts if spec.rule != "single" else (),
         rule,
         chat_template_for=spec.chat_template_for,
-        device=device,
+        device=pick_device(device),
         dtype=dtype,
         device_map=device_map,
         allow_pickle=allow_pickle,

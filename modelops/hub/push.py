@@ -42,7 +42,7 @@ class PushResult:
 
 
 def push_folder(
-    folder: Path,
+    folder: Path | str,
     repo_id: str,
     *,
     private: bool = False,
@@ -51,7 +51,8 @@ def push_folder(
     commit_message: str | None = None,
     token: str | None = None,
 ) -> PushResult:
-    """Validate `folder`, create `repo_id` if needed (and the branch `revision`), upload what changed."""
+    """Validate `folder` (loads, complete, no temp files, no token or local path inside), create `repo_id` if needed
+    (and the branch `revision`), and upload what changed; an unchanged folder makes no new commit."""
     from huggingface_hub import HfApi, get_token
 
     folder = Path(folder).expanduser()
