@@ -4,14 +4,12 @@ subprocess after some rows, then continued with --resume; the results must equal
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from eval_fixtures import causal_lm, make_tokenizer, save
+from resume_fixtures import run_until
 from typer.testing import CliRunner
 
 from modelops.cli.main import app
@@ -40,24 +38,8 @@ def _args(s: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 
 def _run_until(args: list[str], stop: str, after_rows: int) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess that receives SIG`stop` once `after_rows` records are kept (over all pairs)."""
-    code = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from modelops.checkpoint import rows
-        real = rows.ResumableRows.add
-        kept = [0]
-        def add(self, row):
-            real(self, row)
-            kept[0] += 1
-            if kept[0] == {after_rows}:
-                os.kill(os.getpid(), signal.SIG{stop})
-        rows.ResumableRows.add = add
-        from modelops.cli.main import app
-        app({args!r})
-    """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    """The CLI stopped by SIG`stop` once `after_rows` records are kept (over all pairs)."""
+    return run_until(args, stop, module="modelops.checkpoint.rows", method="ResumableRows.add", calls=after_rows)
 
 
 def _results(out: Path) -> tuple[list[dict], dict[str, str]]:

@@ -5,14 +5,12 @@ run's file, greedy and seeded."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from decode_fixtures import prompts as make_prompts
+from resume_fixtures import run_until
 from typer.testing import CliRunner
 
 from modelops.checkpoint.rows import ResumableRows, partial_rows_path
@@ -31,21 +29,8 @@ def _args(fam: dict[str, Path], src: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run_until(args: list[str], stop: str, after_rows: int) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess that receives SIG`stop` once `after_rows` rows are in the partial file."""
-    code = textwrap.dedent(f"""
-        import os, signal
-        from modelops.checkpoint import rows
-        real = rows.ResumableRows.add
-        def add(self, row):
-            real(self, row)
-            if len(self.done) == {after_rows}:
-                os.kill(os.getpid(), signal.SIG{stop})
-        rows.ResumableRows.add = add
-        from modelops.cli.main import app
-        app({args!r})
-    """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    """The CLI stopped by SIG`stop` once `after_rows` rows are in the partial file."""
+    return run_until(args, stop, module="modelops.checkpoint.rows", method="ResumableRows.add", calls=after_rows)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +120,16 @@ def test_mismatch_names_the_part_that_differs(tmp_path):
         ResumableRows(target, key={"recipe": 1, "seed": 1}, resume=True),
     ):
         pass
+
+
+def test_the_output_may_not_be_the_prompts_or_a_folder(tmp_path):
+    from modelops.checkpoint.rows import check_rows_target
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\n')
+    with pytest.raises(OutputError, match="is the prompts file itself"):
+        check_rows_target(prompts, inputs=[prompts], overwrite=True)
+    with pytest.raises(OutputError, match="is a folder; give a file name"):
+        check_rows_target(tmp_path, overwrite=True)
+    check_rows_target(tmp_path / "new.jsonl")  # a new file is fine
+    assert prompts.read_text() == '{"prompt": "a"}\n'

@@ -4,13 +4,11 @@ continued with --resume; the result must equal an uninterrupted run's files byte
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from resume_fixtures import run_until
 from typer.testing import CliRunner
 
 from modelops.api import merge
@@ -27,21 +25,9 @@ def _args(family: dict[str, Path], out: Path, weight: str = "0.7") -> list[str]:
 
 
 def _run_until(args: list[str], stop: str, after_shards: int) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess that receives `stop` (KILL, INT, TERM) once `after_shards` shards are recorded."""
-    code = textwrap.dedent(f"""
-        import os, signal
-        from modelops.checkpoint import resume
-        real = resume.ResumableOutput.record
-        def record(self, shard, extra=None):
-            real(self, shard, extra)
-            if len(self.done) == {after_shards}:
-                os.kill(os.getpid(), signal.SIG{stop})
-        resume.ResumableOutput.record = record
-        from modelops.cli.main import app
-        app({args!r})
-    """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    """The CLI stopped by SIG`stop` once `after_shards` shards (extract-lora: modules) are recorded."""
+    return run_until(args, stop, module="modelops.checkpoint.resume", method="ResumableOutput.record",
+                     calls=after_shards)  # fmt: skip
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -179,15 +179,14 @@ class PartialRecords:
         self.folder = out.parent / f".{out.name}.modelops-partial"
         self.resume = resume
         self.kept = 0
+        self._fingerprints: dict[str, str] = {}  # a model in several pairs is read once
 
     @contextmanager
     def open(self, system: str, spec: SystemSpec, task: TaskSpec, sampling: Any) -> Iterator[tuple[dict, Any]]:
-        from modelops.api.decoding import model_fingerprint
-
         models = [m for m in (spec.large, spec.small_base, *(spec.experts or [])) if m]
         key = {
             "system": spec.describe(),
-            "models": {m: model_fingerprint(m) for m in models},
+            "models": {m: self._fingerprint(m) for m in models},
             "task": {"name": task.name, "source": str(task.source), "metric": task.metric_label,
                      "rows": hashlib.sha256(json.dumps(task.rows, sort_keys=True, default=str).encode()).hexdigest()},
             "sampling": {k: getattr(sampling, k, None) for k in ("max_new_tokens", "temperature", "top_k", "top_p",
@@ -208,6 +207,13 @@ class PartialRecords:
 
             yield dict(sink.done), keep
             sink.keep()
+
+    def _fingerprint(self, model: str) -> str:
+        from modelops.api.decoding import model_fingerprint
+
+        if model not in self._fingerprints:
+            self._fingerprints[model] = model_fingerprint(model)
+        return self._fingerprints[model]
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
