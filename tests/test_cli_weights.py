@@ -307,3 +307,14 @@ def test_a_missing_demo_model_names_the_command_that_makes_it(tmp_path: Path, mo
     assert res.exit_code == 1
     assert "modelops-demo/models/base: no such file or folder" in res.output
     assert "`modelops demo --preset tiny` creates the demo models" in res.output
+
+
+def test_alpha_below_minus_one_is_refused_by_the_registry(llama_family, tmp_path: Path) -> None:
+    res = run("extrapolate", "--sft", llama_family["sft"], "--dpo", llama_family["dpo"], "--alpha", "-2", "--out",
+              tmp_path / "o")  # fmt: skip
+    assert res.exit_code == 1
+    assert (
+        res.output.strip().splitlines()[-1]
+        == "Error: extrapolate: parameters.alpha: -2.0 is below -1.0; it must be ≥ -1.0"
+    )
+    assert not (tmp_path / "o").exists()

@@ -174,8 +174,6 @@ def extrapolate(
 ) -> MergeResult:
     """ExPO (Zheng et al., arXiv 2404.16792): θ_dpo + α(θ_dpo − θ_sft), computed in float32 and streamed.
     With a bf16/fp16 output, the share of the update that survives rounding is in `result.survival`."""
-    if alpha < -1:
-        raise RecipeError(f"alpha {alpha}: must be ≥ -1 (-1 gives the SFT model back)")
     return merge(
         expo_recipe(sft, dpo, alpha, dtype=dtype),
         out,

@@ -53,6 +53,10 @@ class Param:
             raise RecipeError(f"{where}: expected a whole number, got {value!r}")
         value = self.kind(value)
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            if self.high is None:
+                raise RecipeError(f"{where}: {value} is below {self.low}; it must be ≥ {self.low}")
+            if self.low is None:
+                raise RecipeError(f"{where}: {value} is above {self.high}; it must be ≤ {self.high}")
             raise RecipeError(f"{where}: {value} is outside [{self.low}, {self.high}]")
         return value
 
