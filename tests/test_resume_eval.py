@@ -4,7 +4,9 @@ subprocess after some rows, then continued with --resume; the results must equal
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,44 @@ def test_a_changed_eval_is_refused_in_one_line(setup, tmp_path, monkeypatch) -> 
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1
     assert res.output.strip().splitlines()[-1].startswith("Error: cannot resume") and "sampling" in res.output
+
+
+KILL_RANK_1 = """
+import os, signal
+if os.environ.get("RANK") == "1":  # torchrun's second worker dies after keeping {rows} rows
+    import modelops.checkpoint.rows as rows
+    real, seen = rows.ResumableRows.add, [0]
+    def add(self, row):
+        real(self, row)
+        seen[0] += 1
+        if seen[0] == {rows}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    rows.ResumableRows.add = add
+"""
+
+
+def test_an_eval_of_two_processes_resumes_from_both(setup, tmp_path, monkeypatch) -> None:
+    """Each process keeps its own rows; after one of two is killed (torchrun then stops the other), a resumed run
+    reads both processes' rows and gives the one-process results."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    reference = tmp_path / "ref"
+    assert CliRunner().invoke(app, _args(setup, reference)).exit_code == 0
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_RANK_1.format(rows=3))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "modelops.cli.eval", *_args(setup, out, "--device", "cpu", "--num-processes", "2")[1:]]
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{hook}{os.pathsep}{tests}"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not out.exists()
+    kept = {p.name: len(p.read_text().splitlines()) - 1 for p in (tmp_path / ".out.modelops-partial").glob("*.jsonl")}
+    assert any(".rank1." in name and n == 3 for name, n in kept.items()), kept  # the killed process's rows
+    assert any(".rank" not in name and n > 0 for name, n in kept.items()), kept  # and the other one's
+    env["PYTHONPATH"] = tests
+    proc = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "processes"} for r in rows]  # noqa: E731
+    (got, got_gens), (want, want_gens) = _results(out), _results(reference)
+    assert drop(got) == drop(want) and got_gens == want_gens
+    assert not list(tmp_path.glob(".out.modelops-partial*"))

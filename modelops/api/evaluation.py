@@ -106,21 +106,18 @@ def evaluate(
     """Every system on every task: n, mean and a 95% bootstrap interval per pair, and every generation.
 
     With `out`, results.json, results.csv and the generations are written there atomically (by the main process
-    when several run under accelerate / torchrun; every process gets the whole report). In one process, each
-    finished row is kept as it finishes; `resume` continues an interrupted evaluation with the same systems,
-    tasks and sampling, running only the rows it had not finished. `lm_eval_tasks` run through lm-evaluation-harness
+    when several run under accelerate / torchrun; every process gets the whole report). Each finished row is kept
+    as it finishes (by every process); `resume` continues an interrupted evaluation with the same systems,
+    tasks and sampling, running only the rows it had not finished, with any number of processes. `lm_eval_tasks` run through lm-evaluation-harness
     on the same systems; their rows join the report and lm-eval's own results go to `out/lm_eval_results.json`."""
-    import os
-
     from modelops.checkpoint import AtomicOutput, check_output_location
     from modelops.eval.processes import leave_process_group
 
     if out is not None:
         check_output_location(Path(out), [], overwrite=overwrite)
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if resume and (out is None or several):
-        raise RecipeError("--resume needs --out, and one process (rows of several processes are not kept)")
-    store = PartialRecords(Path(out), resume=resume) if out is not None and not several else None
+    if resume and out is None:
+        raise RecipeError("--resume needs --out (the folder of the interrupted evaluation)")
+    store = PartialRecords(Path(out), resume=resume) if out is not None else None
     sampling = SamplingConfig(
         max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW, temperature=temperature, top_p=top_p, seed=seed
     )
@@ -150,7 +147,7 @@ def evaluate(
             report.write(tmp)
             if raw is not None:
                 (tmp / "lm_eval_results.json").write_text(json.dumps(raw, indent=1, default=str))
-    if store is not None:
+    if store is not None and is_main_process():
         store.remove()
     return report
 
@@ -171,13 +168,17 @@ def end_worker_process() -> None:
 
 class PartialRecords:
     """The records of an evaluation that writes to `out`, kept as rows finish: one resumable JSONL per
-    (system, task) in a hidden folder beside `out`, keyed by the system (with its models' fingerprints), the task's
-    rows and metric, and the sampling settings. Removed once the report is written."""
+    (system, task) and process in a hidden folder beside `out`, keyed by the system (with its models'
+    fingerprints), the task's rows and metric, and the sampling settings. A resume reads every process's file,
+    whatever the process count was, and each process appends to its own. Removed once the report is written."""
 
     def __init__(self, out: Path, *, resume: bool) -> None:
-        out = Path(out).expanduser().resolve()
+        import os
+
+        self.out = out = Path(out).expanduser().resolve()
         self.folder = out.parent / f".{out.name}.modelops-partial"
         self.resume = resume
+        self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         self.kept = 0
         self._fingerprints: dict[str, str] = {}  # a model in several pairs is read once
 
@@ -195,9 +196,11 @@ class PartialRecords:
         }  # fmt: skip
         self.folder.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^\w.-]+", "_", f"{system}--{task.name}")
-        with ResumableRows(self.folder / f"{name}.jsonl", key=key, resume=self.resume, id_field="index") as sink:
+        own = self.folder / (f"{name}.jsonl" if self.rank == 0 else f"{name}.rank{self.rank}.jsonl")
+        with ResumableRows(own, key=key, resume=self.resume, id_field="index") as sink:
+            others = self._other_processes(name, own, sink.key)
             before = self.kept
-            self.kept += len(sink.done)
+            self.kept += len(sink.done) + len(others)
 
             def keep(record: dict[str, Any]) -> None:
                 try:
@@ -205,8 +208,27 @@ class PartialRecords:
                 finally:  # a stop signal may land inside add, after the row is on disk
                     self.kept = before + len(sink.done)
 
-            yield dict(sink.done), keep
+            yield {**others, **sink.done}, keep
             sink.keep()
+
+    def _other_processes(self, name: str, own: Path, key: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        """The finished records in the other processes' files of this (system, task): on a resume, those of an
+        interrupted run with any process count (checked against `key`); otherwise none, and the files of process
+        numbers this run does not have are removed (each one it has is started over by its own process)."""
+        from modelops.checkpoint.rows import matching_rows, partial_rows_path
+
+        found: dict[int, dict[str, Any]] = {}
+        pattern = f".{name}.rank*.jsonl.modelops-partial.jsonl"  # `name` holds no glob characters
+        for path in [partial_rows_path(self.folder / f"{name}.jsonl"), *self.folder.glob(pattern)]:
+            number = re.search(r"\.rank(\d+)\.jsonl\.modelops-partial\.jsonl$", path.name)
+            rank = int(number.group(1)) if number else 0
+            if path == partial_rows_path(own) or not path.exists():
+                continue
+            if self.resume:
+                found.update(matching_rows(path, key, self.out, "index")[0])
+            elif rank >= self.world and self.rank == 0:
+                path.unlink(missing_ok=True)
+        return found
 
     def _fingerprint(self, model: str) -> str:
         from modelops.api.decoding import model_fingerprint

@@ -78,6 +78,19 @@ def read_partial(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]
     return header.get("key", {}), rows, good
 
 
+def matching_rows(path: Path, key: dict[str, Any], target: Path, id_field: str = "id") -> tuple[dict[Any, Any], int]:
+    """The finished rows of partial file `path` by id, and the byte length of its whole lines; one line naming
+    the parts that differ when its header does not match `key` (the run resuming `target`)."""
+    recorded, rows, good = read_partial(path)
+    differ = differing_parts(recorded, key)
+    if differ:
+        raise OutputError(
+            f"cannot resume {target}: the interrupted run had a different {', '.join(differ)}; "
+            "run without --resume to start over"
+        )
+    return {row[id_field]: row for row in rows}, good
+
+
 class ResumableRows:
     """`with ResumableRows(target, key=..., resume=...) as out:` — `out.done` maps the ids already finished;
     `out.add(row)` appends and flushes one finished row; `out.finish(order)` writes the target in that id order.
@@ -112,14 +125,7 @@ class ResumableRows:
         self._claim()
         keep = 0
         if self.path.exists() and self.resume:
-            recorded, rows, keep = read_partial(self.path)
-            differ = differing_parts(recorded, self.key)
-            if differ:
-                raise OutputError(
-                    f"cannot resume {self.target}: the interrupted run had a different {', '.join(differ)}; "
-                    "run without --resume to start over"
-                )
-            self.done = {row[self.id_field]: row for row in rows}
+            self.done, keep = matching_rows(self.path, self.key, self.target, self.id_field)
         elif self.path.exists():
             logger.info("discarding the unfinished results %s (run with --resume to continue them)", self.path)
         elif self.resume:

@@ -41,14 +41,22 @@ def accept_greedy(target: torch.Tensor, drafts: torch.Tensor) -> tuple[torch.Ten
 
 
 def sampled_prefix(
-    p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None = None
+    p: torch.Tensor,
+    q: torch.Tensor,
+    drafts: torch.Tensor,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """p, q: (B, k, V) target and draft probabilities at the draft positions, drafts (B, k) drawn from q.
-    Draft i is accepted with probability min(1, p_i(d_i)/q_i(d_i)), left to right; returns n_accepted (B,)."""
+    Draft i is accepted with probability min(1, p_i(d_i)/q_i(d_i)), left to right; returns n_accepted (B,).
+    `uniforms` (B, k) in [0, 1) replace the generator's draws (keyed sampling)."""
     b, k = drafts.shape
     p_d = p.gather(-1, drafts[..., None])[..., 0]  # (B, k)
     q_d = q.gather(-1, drafts[..., None])[..., 0]
-    u = torch.rand((b, k), generator=generator, device=p.device, dtype=p.dtype)
+    if uniforms is None:
+        u = torch.rand((b, k), generator=generator, device=p.device, dtype=p.dtype)
+    else:  # float64 keyed draws: compare in float64 so no draw rounds up to 1
+        u, p_d, q_d = uniforms.to(p.device, torch.float64), p_d.double(), q_d.double()
     return (u * q_d < p_d).long().cumprod(1).sum(1)  # u < p/q without dividing (q_d > 0: d was drawn from q)
 
 
@@ -58,21 +66,27 @@ def sampled_next(
     n: torch.Tensor,
     bonus: torch.Tensor | None,
     generator: torch.Generator | None = None,
+    cut: torch.Tensor | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The token after the accepted prefix: from norm(max(0, p − q)) at the first rejection, from the bonus
-    position's p (B, V) where all k were accepted (None when no row did)."""
+    position's p (B, V) where all k were accepted (None when no row did). `cut` (B,): a row's own draft count
+    (≤ k); a row that accepted all of its own drafts draws from p at the next position, which no draft covered.
+    `uniforms` (B,): keyed draws instead of the generator's."""
     b, k, v = q.shape
     if k == 0:
         assert bonus is not None
-        return sample_rows(bonus, generator)
+        return sample_rows(bonus, generator, uniforms)
     idx = n.clamp(max=k - 1)[:, None, None].expand(b, 1, v)
     p_n, q_n = p.gather(1, idx)[:, 0], q.gather(1, idx)[:, 0]  # (B, V)
     residual = (p_n - q_n).clamp_(min=0.0)
-    empty = residual.sum(-1, keepdim=True) <= 0  # p == q to the last bit: nothing to correct, sample p
-    residual = torch.where(empty, p_n, residual)
+    use_p = residual.sum(-1, keepdim=True) <= 0  # p == q to the last bit: nothing to correct, sample p
+    if cut is not None:
+        use_p = use_p | (n == cut)[:, None]
+    residual = torch.where(use_p, p_n, residual)
     if bonus is not None:
         residual = torch.where((n == k)[:, None], bonus, residual)  # q ≡ 0 at the bonus position: residual = p
-    return sample_rows(residual, generator)
+    return sample_rows(residual, generator, uniforms)
 
 
 def accept_sampled(

@@ -37,28 +37,23 @@ class CoDecoder(LockstepDecoder):
         """Fused generation for every prompt, at most `batch_size` rows at a time (cbs/bon: prompts, each with
         W·K or N rows). `continuous`: a finished row's place goes to the next prompt at once (cbs/bon: a finished
         prompt's, at the next chunk boundary). `on_batch(k)`: k more prompts are done; `on_generation(g)`: one
-        prompt's result as soon as it is finished (search and speculative loops: when the call ends)."""
+        prompt's result as soon as it is finished."""
         sampling = sampling or SamplingConfig()
         sampling.validate()
         if self.rule.name in SEARCH_RULES:
             gens, self.last_stats = run_search(
-                self, sampling, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous
-            )
-            return _reported(gens, on_generation)
+                self, sampling, prompts, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous,
+                on_generation=on_generation,
+            )  # fmt: skip
+            return gens
         if self.rule.speculative:
             gens, stats = speculative_generate(
                 self, prompts, sampling, self.rule.speculative, ids=ids, batch_size=batch_size, on_batch=on_batch,
-                schedule=self.rule.speculative_schedule, continuous=continuous,
+                schedule=self.rule.speculative_schedule, continuous=continuous, on_generation=on_generation,
             )  # fmt: skip
             self.last_stats = dict(vars(stats))
-            return _reported(gens, on_generation)
+            return gens
         return super().generate(
             prompts, sampling, ids=ids, batch_size=batch_size, on_batch=on_batch, continuous=continuous,
             on_generation=on_generation,
         )  # fmt: skip
-
-
-def _reported(gens: list[Generation], on_generation: Callable[[Generation], None] | None) -> list[Generation]:
-    for gen in gens if on_generation is not None else ():
-        on_generation(gen)
-    return gens

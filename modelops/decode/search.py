@@ -96,6 +96,7 @@ def chunk_beam_search(
     score_every: int = SCORE_EVERY,
     stop_ids: set[int] | None = None,
     ids: Sequence[Any] | None = None,
+    on_result: Callable[[int, SearchResult], None] | None = None,
 ) -> list[SearchResult]:
     """CBS(W=beam_width, K=successors, L=chunk_len) for every prompt, at most `batch_size` prompts at a time.
 
@@ -107,7 +108,8 @@ def chunk_beam_search(
     (the reference implementation's cost; for benchmarks only). `stats` is filled with counters (chunks, large
     steps, small tokens fed, admissions, occupancy, seconds). `overlap` (`--parallel-models`): the two small
     models score each chunk on two threads; the results are the same. `stop_ids` replaces the union of the EOS /
-    end-of-turn ids of the models that share the large model's vocabulary. `on_batch(k)`: k more prompts done.
+    end-of-turn ids of the models that share the large model's vocabulary. `on_batch(k)`: k more prompts done;
+    `on_result(p, result)`: prompt p's result, as soon as it is finished.
     """
     sampling = sampling or search_sampling()
     if seed is not None:
@@ -138,7 +140,7 @@ def chunk_beam_search(
     start = time.perf_counter()
     row_ids = list(ids) if ids is not None else list(range(len(prompts)))
     keys = None if sampling.seed is None else RowKeys(sampling.seed, row_ids)
-    results = _search(setup, list(prompts), keys, batch_size, continuous, on_batch)
+    results = _search(setup, list(prompts), keys, batch_size, continuous, on_batch, on_result)
     setup.stats["seconds"] += time.perf_counter() - start
     return results
 
@@ -247,10 +249,13 @@ def _search(
     batch_size: int,
     refill: bool,
     on_done: Callable[[int], None] | None,
+    on_result: Callable[[int, SearchResult], None] | None = None,
 ) -> list[SearchResult]:
+    """The search loop; `on_result(p, result)`: prompt p is finished (its place goes to a waiting prompt)."""
     stats, tok = setup.stats, setup.large.tokenizer
     batch = _Batch(setup, prompts)
     pools: list[list[Beam]] = [[] for _ in prompts]
+    results: dict[int, SearchResult] = {}
     queue = list(range(len(prompts) - 1, -1, -1))  # popped from the end: prompt order
     row_steps = steps = 0
     while True:
@@ -289,16 +294,21 @@ def _search(
         _score_chunk(setup, batch, new_ids)
         stats["chunks"] += 1
         # 3. per prompt: top W of (finished pool + live rows); live winners get K successors each
-        before = batch.live_prompts()
+        before = {b.prompt for b in beams}
         batch.beams, large_rows, small_rows = select_next(
             beams, pools, {i: j for j, i in enumerate(live)}, setup.beam_width, setup.successors, setup.forks
         )
         batch.reorder(large_rows, small_rows)
-        if on_done and before > batch.live_prompts():
-            on_done(before - batch.live_prompts())
+        finished = sorted(before - {b.prompt for b in batch.beams})
+        for p in finished:
+            results[p] = best_result(tok, pools[p], setup.keep_candidates)
+            if on_result is not None:
+                on_result(p, results[p])
+        if on_done and finished:
+            on_done(len(finished))
     stats["small_tokens_fed"] += sum(side.tokens_fed for side in batch.sides)
     stats["occupancy"] = row_steps / max(1, steps * batch_size * setup.beam_width * setup.successors)
-    return [best_result(tok, pool, setup.keep_candidates) for pool in pools]
+    return [results[p] for p in range(len(prompts))]
 
 
 def _score_chunk(setup: _Setup, batch: _Batch, new_ids: list[list[int]]) -> None:
@@ -332,8 +342,10 @@ def run_search(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     continuous: bool = True,
+    on_generation: Callable[[Generation], None] | None = None,
 ) -> tuple[list[Generation], dict[str, Any]]:
-    """`--rule cbs|bon` for a decoder whose members are [large, small base, expert]: Generations + stats.
+    """`--rule cbs|bon` for a decoder whose members are [large, small base, expert]: Generations + stats
+    (`on_generation(g)`: one prompt's, as soon as it is finished).
 
     The search shape comes from the decoder's rule (`beam_width`, `successors`, `chunk_len`, or `n` for bon).
     """
@@ -346,19 +358,19 @@ def run_search(
     else:
         shape = {"beam_width": rule.beam_width, "successors": rule.successors, "chunk_len": rule.chunk_len}
     stats: dict[str, Any] = {}
+    made: dict[int, Generation] = {}
+
+    def generation(k: int, r: SearchResult) -> Generation:
+        if k not in made:
+            made[k] = Generation(
+                id=ids[k] if ids is not None else k, text=r.text, num_tokens=r.num_tokens,
+                finish_reason=r.finish_reason, score=r.score, token_ids=r.token_ids,
+            )  # fmt: skip
+        return made[k]
+
+    on_result = (lambda k, r: on_generation(generation(k, r))) if on_generation else None
     results = chunk_beam_search(
         large, base, expert, prompts, sampling=sampling, batch_size=batch_size, stats=stats,
-        on_batch=on_batch, overlap=decoder.overlap, continuous=continuous, ids=ids, **shape,
+        on_batch=on_batch, overlap=decoder.overlap, continuous=continuous, ids=ids, on_result=on_result, **shape,
     )  # fmt: skip
-    gens = [
-        Generation(
-            id=ids[k] if ids is not None else k,
-            text=r.text,
-            num_tokens=r.num_tokens,
-            finish_reason=r.finish_reason,
-            score=r.score,
-            token_ids=r.token_ids,
-        )
-        for k, r in enumerate(results)
-    ]
-    return gens, stats
+    return [generation(k, r) for k, r in enumerate(results)], stats

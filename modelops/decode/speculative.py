@@ -15,9 +15,13 @@ One round, per live row, starting from a *pending* token t0 (emitted, but fed to
 The first token of a prompt comes from the prefill logits (as in plain decoding), so prefill costs nothing
 extra. The output distribution equals plain fused sampling exactly; greedy output is token-identical.
 
-The draft length is K every round (schedule `constant`) or adapts (`heuristic`, transformers' schedule for
-assisted generation): two more after a round in which every live row accepted every draft, one fewer otherwise,
-never below one. A round's length depends only on earlier rounds, so either schedule stays exact.
+Each row has its own draft length: K every round (schedule `constant`) or adapted (`heuristic`, transformers'
+schedule for assisted generation): two more after a round in which the row accepted every draft, one fewer
+otherwise, never below one; and never more than the row has room for. A round drafts the longest of its rows'
+lengths; a row with a shorter one stops accepting at its own length and draws its next token from p there. A
+row's lengths depend only on its own earlier rounds, so either schedule stays exact; and with a seed, each
+row's draws come from its prompt's keyed stream at each token position, so its tokens do not depend on the
+batch it decodes in (or on a resume).
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from modelops.decode.acceptance import greedy_next, greedy_prefix, sampled_next,
 from modelops.decode.engine import LockstepDecoder
 from modelops.decode.loops import RowOutput, StopChecker, admit_all, take_waiting
 from modelops.decode.overlap import Overlap, run_all
-from modelops.decode.sampling import SamplingConfig, choose, first_argmax, make_generator, sample_rows, warp
+from modelops.decode.sampling import (
+    SamplingConfig,
+    choose,
+    first_argmax,
+    prompt_key,
+    row_uniforms,
+    sample_rows,
+    warp,
+)
 from modelops.decode.spec import check_schedule
 from modelops.decode.types import Generation
 from modelops.decode.vocab import align
@@ -60,7 +72,7 @@ class SpeculativeStats:
     emitted: int = 0  # tokens appended to outputs (after stop truncation; first tokens from prefill included)
     acceptance_rate: float = 0.0  # accepted / drafted
     tokens_per_round: float = 0.0  # (accepted + 1) per row-round: tokens one verification forward yields
-    mean_draft_len: float = 0.0  # drafts per row-round (K under the constant schedule, bar the last rounds)
+    mean_draft_len: float = 0.0  # drafts per row-round (K under the constant schedule, bar a row's last rounds)
     bonus_steps: int = 0  # rounds where some row accepted every draft, so the expert was also fed d_k
     admissions: int = 0  # prefills that joined a running batch (continuous batching)
     seconds: float = 0.0
@@ -72,13 +84,20 @@ class SpeculativeStats:
         return self
 
 
-def next_draft_len(k: int, every_draft_accepted: bool, schedule: str = "constant") -> int:
-    """The next round's draft length: `heuristic` grows it by two while the drafts all pass and shrinks it by one
-    when any row rejects one (transformers' schedule), so it settles where a full acceptance is about 1 in 3."""
+def next_draft_len(k: Any, every_draft_accepted: Any, schedule: str = "constant") -> Any:
+    """A row's next draft length: `heuristic` grows it by two while its drafts all pass and shrinks it by one
+    when it rejects one (transformers' schedule), so it settles where a full acceptance is about 1 in 3.
+    Ints, or tensors of one length per row."""
     if schedule == "constant":
         return k
     check_schedule(schedule, "--speculative-schedule")
+    if isinstance(k, torch.Tensor):
+        return torch.where(every_draft_accepted, k + 2, (k - 1).clamp(min=1))
     return k + 2 if every_draft_accepted else max(1, k - 1)
+
+
+# keyed draws: each token position of a row has its own uniforms, one per use
+DRAFT, ACCEPT, EMIT, USES = 0, 1, 2, 3
 
 
 # -- one batch of prompts -----------------------------------------------------------------------------------
@@ -99,7 +118,9 @@ class SpeculativeBatch:
         stats: SpeculativeStats | None = None,
         overlap: Overlap | None = None,
         schedule: str = "constant",
+        keys: list[int] | None = None,
     ) -> None:
+        """`keys`: one random-stream key per output row (sampled rows then ignore `generator`)."""
         if len(runners) <= DRAFTER:
             raise ModelopsError("speculative decoding needs a large model, a small base and an expert to draft")
         self.runners, self.fuse, self.width = runners, fuse, width
@@ -107,9 +128,11 @@ class SpeculativeBatch:
         self.stats = stats or SpeculativeStats(draft_len=draft_len)
         self.overlap = overlap  # the verifiers (large, small base) side by side
         self.schedule = schedule
-        self.next_k = draft_len  # this batch's next draft length (the schedule moves it)
+        self.keys = None if keys is None or sampling.greedy else torch.tensor(keys, dtype=torch.int64)
         self.outputs: list[RowOutput] = []
+        self.finished: list[int] = []  # output rows finished since the caller last emptied this list
         self.live = torch.zeros(0, dtype=torch.long)  # original row index of each live row
+        self.row_k = torch.zeros(0, dtype=torch.long)  # (B_live,) each row's next draft length (the schedule's)
         self.pending = torch.zeros(0, dtype=torch.long)  # (B_live,) emitted, not yet fed to any runner
 
     def start(self, prompts: list[list[list[int]]], pad_id: int) -> bool:
@@ -121,11 +144,11 @@ class SpeculativeBatch:
         """Prefill the prompts of output rows `rows` (`prompts[m][j]`: model m's ids for rows[j]) and add them to
         the live batch, each with its first token from the prefill logits; True while rows are left."""
         fused, weights = self.fuse(admit_all(self.runners, prompts, pad_id, self.overlap))
-        first = choose(fused, self.sampling, self.generator)
+        new = torch.tensor(rows, dtype=torch.long)
+        first = choose(fused, self.sampling, self.generator, self._uniforms(new, torch.zeros_like(new), EMIT))
         n_old = len(self.live)
-        if not n_old:  # a new group: what the schedule learnt from the last group's rows does not carry over
-            self.next_k = self.draft_len
-        self.live = torch.cat([self.live, torch.tensor(rows, dtype=torch.long)])
+        self.live = torch.cat([self.live, new])
+        self.row_k = torch.cat([self.row_k, torch.full_like(new, self.draft_len)])
         self.pending = torch.cat([self.pending.to(first.device), first])
         first_cpu = first.tolist()
         done = [False] * n_old + [
@@ -134,14 +157,22 @@ class SpeculativeBatch:
         ]
         return self._drop(done)
 
+    def _uniforms(self, rows: torch.Tensor, positions: torch.Tensor, use: int) -> torch.Tensor | None:
+        """Keyed draws for output rows `rows` at token `positions` (broadcast together), one per use (DRAFT,
+        ACCEPT, EMIT) of a position; None when unseeded (the generator draws)."""
+        if self.keys is None:
+            return None
+        return row_uniforms(self.keys[rows], positions * USES + use).to(self.pending.device)
+
     def round(self) -> bool:
         """Draft, verify, accept, roll back; True while rows are left."""
-        remaining = max(self.stopper.max_new_tokens - len(self.outputs[r].token_ids) for r in self.live.tolist())
-        k = max(0, min(self.next_k, remaining - 1))  # no row can use more than `remaining` tokens
+        emitted = torch.tensor([len(self.outputs[r].token_ids) for r in self.live.tolist()])  # next token's index
+        cut = torch.minimum(self.row_k, self.stopper.max_new_tokens - emitted - 1).clamp_(min=0)  # this row's drafts
+        k = int(cut.max())  # no row can use more than its remaining tokens
         drafter = self.runners[DRAFTER]
         x = self.pending
         draft_logits, drafts, q_probs = [], [], []
-        for _ in range(k):
+        for i in range(k):
             raw = drafter.step(x)  # (B, W_e): the expert's next-token logits
             draft_logits.append(raw)
             q_logits = align(raw, self.width, float("-inf"))
@@ -149,7 +180,7 @@ class SpeculativeBatch:
                 x = first_argmax(q_logits)
             else:
                 q = warp(q_logits, self.sampling).softmax(-1)
-                x = sample_rows(q, self.generator)
+                x = sample_rows(q, self.generator, self._uniforms(self.live, emitted + i, DRAFT))
                 q_probs.append(q)
             drafts.append(x)
         b = x.shape[0]
@@ -160,12 +191,15 @@ class SpeculativeBatch:
         outs = dict(zip(verifiers, verified, strict=True))
         # the k draft positions first; the bonus position (the expert fed d_k) only if some row accepts all k
         fused, weights = self._targets(outs, draft_logits, slice(0, k), b)
+        cut_d = cut.to(fused.device)
         if self.sampling.greedy:
             n_acc, best = greedy_prefix(fused, drafts_t)
         else:
             p = warp(fused.flatten(0, 1), self.sampling).softmax(-1).view_as(fused) if k else fused
             q = torch.stack(q_probs, 1) if q_probs else fused.new_zeros(b, 0, self.width)
-            n_acc = sampled_prefix(p, q, drafts_t, self.generator)
+            tests = self._uniforms(self.live[:, None], emitted[:, None] + torch.arange(k), ACCEPT)
+            n_acc = sampled_prefix(p, q, drafts_t, self.generator, tests)
+        n_acc = torch.minimum(n_acc, cut_d)  # a row's drafts past its own length do not count
         all_accepted = n_acc == k
         bonus = bonus_weights = None
         if bool(all_accepted.any()):
@@ -175,16 +209,17 @@ class SpeculativeBatch:
             nxt = greedy_next(best, n_acc, bonus)
         else:
             bonus_p = warp(bonus, self.sampling).softmax(-1) if bonus is not None else None
-            nxt = sampled_next(p, q, n_acc, bonus_p, self.generator)
+            draws = self._uniforms(self.live, emitted + n_acc.cpu(), EMIT)
+            nxt = sampled_next(p, q, n_acc, bonus_p, self.generator, cut_d, draws)
         if bonus_weights is not None:  # dlf: the α chosen at the bonus position too
             weights = bonus_weights if weights is None else torch.cat([weights, bonus_weights], dim=1)
         self.stats.rounds += 1
         self.stats.row_rounds += b
-        self.stats.drafted += b * k
+        self.stats.drafted += int(cut.sum())
         self.stats.accepted += int(n_acc.sum())
         self.stats.bonus_steps += int(bonus is not None)
-        if k:
-            self.next_k = next_draft_len(self.next_k, bool(all_accepted.all()), self.schedule)
+        adapted = next_draft_len(self.row_k, n_acc.cpu() == cut, self.schedule)
+        self.row_k = torch.where(cut > 0, adapted, self.row_k)  # a round with no room to draft teaches nothing
         n_cpu, drafts_cpu, nxt_cpu = n_acc.tolist(), drafts_t.tolist(), nxt.tolist()
         done = []
         for j in range(b):
@@ -232,7 +267,8 @@ class SpeculativeBatch:
             idx = torch.nonzero(keep)[:, 0]
             for runner in self.runners:
                 runner.select(idx)
-            self.live = self.live[keep]
+            self.finished += self.live[~keep].tolist()
+            self.live, self.row_k = self.live[keep], self.row_k[keep]
             self.pending = self.pending[idx.to(self.pending.device)]
         return bool(len(self.live))
 
@@ -253,11 +289,16 @@ def speculative_lockstep(
     rows: int | None = None,
     refill: bool = True,
     on_done: Callable[[int], None] | None = None,
+    row_keys: list[int] | None = None,
+    on_row: Callable[[int, RowOutput], None] | None = None,
 ) -> list[RowOutput]:
     """Decode every prompt speculatively, at most `rows` at a time; same inputs, outputs and batching as
-    `lockstep_generate` (finished rows' places go to waiting prompts when `refill`), plus the draft length (the
-    first round's under the heuristic schedule)."""
-    batch = SpeculativeBatch(runners, fuse, width, sampling, stopper, draft_len, generator, stats, overlap, schedule)
+    `lockstep_generate` (finished rows' places go to waiting prompts when `refill`; `row_keys`: one random-stream
+    key per prompt; `on_row(k, out)`: prompt k is finished), plus the draft length (each row's first under the
+    heuristic schedule)."""
+    batch = SpeculativeBatch(
+        runners, fuse, width, sampling, stopper, draft_len, generator, stats, overlap, schedule, row_keys
+    )
     n_rows = len(prompts[0])
     rows = min(rows or n_rows, n_rows)
     batch.outputs = [RowOutput() for _ in range(n_rows)]
@@ -270,6 +311,9 @@ def speculative_lockstep(
             batch.admit(new, [[p[i] for i in new] for p in prompts], pad_id)
         else:
             batch.round()
+        for k in batch.finished if on_row else ():
+            on_row(k, batch.outputs[k])
+        batch.finished.clear()
         if on_done and before + len(new) > len(batch.live):
             on_done(before + len(new) - len(batch.live))
     return batch.outputs
@@ -286,9 +330,11 @@ def speculative_generate(
     on_batch: Callable[[int], None] | None = None,
     schedule: str = "constant",
     continuous: bool = True,
+    on_generation: Callable[[Generation], None] | None = None,
 ) -> tuple[list[Generation], SpeculativeStats]:
     """Speculative fused generation for every prompt, at most `batch_size` rows at a time (a finished row's place
-    goes to the next prompt unless `continuous` is False).
+    goes to the next prompt unless `continuous` is False); `on_generation(g)`: one prompt's result, as soon as it
+    is finished. With a seed, each prompt draws from its own stream (keyed by seed and id, as in plain decoding).
 
     Works for every logit rule whose target is computed per position (eft, proxy, fixed, dlf); with several
     experts the first one drafts and the others verify with the large model and the small base. `schedule`:
@@ -304,16 +350,25 @@ def speculative_generate(
             f"--speculative needs a logit rule with an expert to draft (eft, proxy, fixed, dlf), not --rule "
             f"{decoder.rule.name} with {len(decoder.members)} model(s)"
         )
-    generator = make_generator(sampling.seed, decoder.device)
+    row_ids = list(ids) if ids is not None else list(range(len(prompts)))
+    keys = [prompt_key(sampling.seed, i) for i in row_ids] if sampling.seed is not None else None
     stopper = StopChecker(decoder.stop_ids, sampling.stop, decoder.tokenizer, sampling.max_new_tokens)
     stats = SpeculativeStats(draft_len=draft_len)
+    made: dict[int, Generation] = {}
+
+    def generation(j: int, out: RowOutput) -> Generation:
+        if j not in made:
+            made[j] = decoder._to_generation(row_ids[j], out)
+        return made[j]
+
+    on_row = (lambda j, out: on_generation(generation(j, out))) if on_generation else None
     start = time.perf_counter()
     outs = speculative_lockstep(
         decoder.runners(), decoder.fuse, decoder.width, decoder._prompt_ids(prompts), sampling, stopper,
-        decoder.pad_id, draft_len, generator, stats, decoder.overlap, schedule, rows=batch_size, refill=continuous,
-        on_done=on_batch,
+        decoder.pad_id, draft_len, None, stats, decoder.overlap, schedule, rows=batch_size, refill=continuous,
+        on_done=on_batch, row_keys=keys, on_row=on_row,
     )  # fmt: skip
-    results = [decoder._to_generation(ids[j] if ids is not None else j, out) for j, out in enumerate(outs)]
+    results = [generation(j, out) for j, out in enumerate(outs)]
     stats.seconds = time.perf_counter() - start
     stats.finish()
     logger.info(

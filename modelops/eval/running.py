@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from modelops.decode.types import SEARCH_RULES
 from modelops.eval.metrics import RewardModel, choice_prediction, exact_match
 from modelops.eval.tasks import TaskSpec, answer_index, load_callable
 
@@ -143,15 +142,12 @@ def run_task(
             progress(task.name, finished, total)
 
     generated = task.metric != "choice"
-    keyed = not (decoder.rule.name in SEARCH_RULES or decoder.rule.speculative)  # per-prompt random streams
-    if generated and (sampling.greedy or keyed) and mine:
+    if generated and mine:
         # one call over this process's rows, so a finished row's place goes to the next prompt at once: greedy
-        # rows and lock-step sampled rows (each prompt draws from its own stream) do not depend on the batching;
-        # search and speculative batches keep a seed of their own, whatever the process count
+        # and seeded rows (each prompt draws from its own stream, in every loop) do not depend on the batching
         mine = [(0, [i for _, idx in mine for i in idx])]
-    for b, idx in mine:
-        seeded = replace(sampling, seed=None if sampling.seed is None else sampling.seed + b)
-        records += score_rows(decoder, task, [task.rows[i] for i in idx], idx, seeded, scorers, batch_size,
+    for _, idx in mine:
+        records += score_rows(decoder, task, [task.rows[i] for i in idx], idx, sampling, scorers, batch_size,
                               on_rows=advance if generated else None, on_record=on_record)  # fmt: skip
         if not generated:
             advance(len(idx))
