@@ -18,6 +18,8 @@ if ! .venv/bin/pip install -q -e ".[test,lm-eval]" >"$log" 2>&1; then
   exit 1
 fi
 rm -f "$log"
+# an editable install carries no top-level files: add the hook that lets `lm_eval --model modelops` work
+.venv/bin/python -c "import shutil, sysconfig; shutil.copy('modelops-lm-eval.pth', sysconfig.get_paths()['purelib'])"
 # the DLF search's C kernel is built once here (about a second) rather than inside the first DLF decode
 .venv/bin/python -c "
 import modelops.cli.main, torch

@@ -68,12 +68,21 @@ def responses(result: dict, task: str) -> list:
     return [s["filtered_resps"] for s in sorted(result["samples"][task], key=lambda s: s["doc_id"])]
 
 
-def test_zero_delta_fusion_equals_the_hf_backend_item_by_item(decode_family, tasks) -> None:
+@pytest.mark.parametrize("limit", ["", ",max_length=10"], ids=["whole", "cut-to-10-tokens"])
+def test_zero_delta_fusion_equals_the_hf_backend_item_by_item(decode_family, tasks, limit) -> None:
+    """Also with a 10-token window: generation contexts cut to 10 − 6 tokens from the left, scored inputs to the
+    last 11, rolling texts in several windows, as lm-eval's hf backend cuts them."""
     fam = {k: str(v) for k, v in decode_family.items()}
-    hf = evaluate("hf", f"pretrained={fam['large']},dtype=float32", tasks)
-    ours = evaluate("modelops", f"large={fam['large']},small_base={fam['base']},expert={fam['base']},rule=eft", tasks)
+    hf = evaluate("hf", f"pretrained={fam['large']},dtype=float32{limit}", tasks)
+    ours = evaluate(
+        "modelops", f"large={fam['large']},small_base={fam['base']},expert={fam['base']},rule=eft{limit}", tasks
+    )
     assert responses(ours, "t_gen") == responses(hf, "t_gen")  # the same generated text, row by row
     assert any(r[0] for r in responses(hf, "t_gen"))  # and not all empty
+    if limit:  # the window changed what the backends see: some answers differ from the whole-context ones
+        whole = evaluate("hf", f"pretrained={fam['large']},dtype=float32", tasks)
+        assert responses(whole, "t_gen") != responses(hf, "t_gen")
+        assert responses(whole, "t_roll") != responses(hf, "t_roll")
     for a, b in zip(responses(ours, "t_mc"), responses(hf, "t_mc"), strict=True):
         assert [x[1] for x in a] == [x[1] for x in b]  # is_greedy
         assert [x[0] for x in a] == pytest.approx([x[0] for x in b], abs=2e-5)  # summed log-probs
@@ -93,12 +102,15 @@ def test_a_real_fusion_is_not_the_large_model(decode_family, tasks) -> None:
     assert responses(eft, "t_mc") != responses(hf, "t_mc")
 
 
-def test_the_lm_eval_command_line_runs_with_model_modelops(decode_family, tasks, tmp_path) -> None:
+@pytest.mark.parametrize("command", [["lm_eval"], ["modelops-lm-eval", "run"]])
+def test_the_lm_eval_command_line_runs_with_model_modelops(decode_family, tasks, tmp_path, command) -> None:
+    """lm-eval's own command (through the start-up hook the package installs) and `modelops-lm-eval` both find
+    `--model modelops`."""
     fam = {k: str(v) for k, v in decode_family.items()}
     recipe = tmp_path / "eft.yaml"
     recipe.write_text(f"large: {fam['large']}\nsmall_base: {fam['base']}\nexperts: [{fam['expert2']}]\nrule: eft\n")
-    exe = Path(sys.executable).with_name("modelops-lm-eval")
-    cmd = [str(exe), "run", "--model", "modelops", "--model_args", f"recipe={recipe}", "--tasks", "t_mc",
+    exe = Path(sys.executable).with_name(command[0])
+    cmd = [str(exe), *command[1:], "--model", "modelops", "--model_args", f"recipe={recipe}", "--tasks", "t_mc",
            "--include_path", str(tasks), "--output_path", str(tmp_path / "out"), "--batch_size", "4"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -107,10 +119,55 @@ def test_the_lm_eval_command_line_runs_with_model_modelops(decode_family, tasks,
     assert written and "t_mc" in json.loads(written[0].read_text())["results"]
 
 
-def test_eft_on_the_zoo_facts_task_through_lm_eval_equals_modelops_eval(mini_zoo, mini_zoo_cache, tmp_path,
+def test_the_wheel_carries_the_start_up_hook_and_the_hook_registers_lazily(tmp_path) -> None:
+    """The built wheel has `modelops-lm-eval.pth` at its top level, importing the hook; in a fresh interpreter the
+    hook imports neither lm-eval nor torch until lm-eval's model table is imported, then "modelops" is listed."""
+    import shutil
+    import zipfile
+
+    root = Path(__file__).parents[1]
+    src = tmp_path / "src"
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "modelops-lm-eval.pth"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / name, src / name)
+    for folder in ("modelops", "cli"):
+        shutil.copytree(root / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path),
+        str(src),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("modelops-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read("modelops-lm-eval.pth").decode().strip() == "import modelops.eval.lm_eval_hook"
+    probe = (
+        "import sys, modelops.eval.lm_eval_hook\n"
+        "assert 'lm_eval' not in sys.modules and 'torch' not in sys.modules\n"
+        "from lm_eval.api.registry import get_model, model_registry\n"
+        "assert 'modelops' not in model_registry\n"
+        "import lm_eval.models\n"
+        "print(get_model('modelops').__name__, get_model('hf').__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n{probe}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ModelopsLM", "HFLM"]
+
+
+def test_eft_on_the_zoo_facts_task_through_lm_eval_equals_modelops_eval(mini_zoo, mini_zoo_cache, tasks, tmp_path,
                                                                         monkeypatch) -> None:  # fmt: skip
     """The same EFT system, the same facts prompts: lm-eval's generate_until texts are modelops eval's texts, and
-    `modelops eval --lm-eval-tasks` puts lm-eval's rows in the same table and keeps lm-eval's JSON."""
+    `modelops eval --lm-eval-tasks` puts lm-eval's rows in the same table (a task of the user's own, found through
+    `--lm-eval-include`, too) and keeps lm-eval's JSON."""
     from typer.testing import CliRunner
 
     from modelops.cli.main import app
@@ -119,16 +176,17 @@ def test_eft_on_the_zoo_facts_task_through_lm_eval_equals_modelops_eval(mini_zoo
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "out"
     args = ["eval", "--recipe", str(repo / "recipes" / "eft.yaml"), "--task", "facts", "--zoo", str(mini_zoo),
-            "--limit", "12", "--lm-eval-tasks", "zoo_facts,zoo_facts_mc,zoo_facts_text", "--out", str(out), "-q"]  # fmt: skip
+            "--limit", "12", "--lm-eval-tasks", "zoo_facts,zoo_facts_mc,zoo_facts_text,t_mc", "--lm-eval-include",
+            str(tasks), "--out", str(out), "-q"]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "results.json").read_text())["results"]
-    assert [r["task"] for r in rows] == ["facts", "zoo_facts", "zoo_facts_mc", "zoo_facts_text"]
+    assert [r["task"] for r in rows] == ["facts", "zoo_facts", "zoo_facts_mc", "zoo_facts_text", "t_mc"]
     assert {r["metric"] for r in rows[1:]} == {"lm-eval exact_match", "lm-eval acc", "lm-eval word_perplexity"}
-    assert all(r["n"] == 12 for r in rows)
+    assert [r["n"] for r in rows] == [12, 12, 12, 12, 8]  # t_mc has 8 rows
     raw = json.loads((out / "lm_eval_results.json").read_text())
     (system,) = raw
-    assert set(raw[system]["results"]) >= {"zoo_facts", "zoo_facts_mc", "zoo_facts_text"}
+    assert set(raw[system]["results"]) >= {"zoo_facts", "zoo_facts_mc", "zoo_facts_text", "t_mc"}
     # item by item: lm-eval's generations are modelops eval's generations
     ours = [json.loads(x)["text"] for x in next(out.glob("generations_*_facts.jsonl")).read_text().splitlines()]
     from modelops import api

@@ -25,7 +25,7 @@ class CoDecoder(LockstepDecoder):
 
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str | list[int]],
         sampling: SamplingConfig | None = None,
         *,
         ids: Sequence[Any] | None = None,

@@ -185,15 +185,17 @@ class LockstepDecoder:
         fallback = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self.pad_id
         return [Runner(m.model, m.role, fallback_id=int(fallback)) for m in members]
 
-    def _prompt_ids(self, prompts: Sequence[str]) -> list[list[list[int]]]:
+    def _prompt_ids(self, prompts: Sequence[str | list[int]]) -> list[list[list[int]]]:
+        """Each member's ids of each prompt: text rendered as that member reads it (its chat template, its special
+        tokens); a prompt given as token ids is fed to every member as it is (a caller that cut a long prompt)."""
         members = self.members if self.rule.name != "single" else self.members[:1]
-        return [[m.render(p) for p in prompts] for m in members]
+        return [[m.render(p) if isinstance(p, str) else list(p) for p in prompts] for m in members]
 
     # -- public entry points -----------------------------------------------------------------------------
 
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str | list[int]],
         sampling: SamplingConfig | None = None,
         *,
         ids: Sequence[Any] | None = None,

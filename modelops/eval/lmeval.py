@@ -19,6 +19,7 @@ from typing import Any
 from modelops.decode.api import build_decoder
 from modelops.decode.sampling import SamplingConfig
 from modelops.decode.spec import load_spec
+from modelops.decode.types import SEARCH_RULES
 from modelops.devices import pick_device
 from modelops.errors import ModelopsError
 
@@ -191,10 +192,15 @@ class ModelopsLM(TemplateLM):
                 self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
         return out
 
-    def _fit(self, context: str, max_tokens: int) -> str:
-        """The context, left-truncated to `max_tokens` tokens when longer (decoded back to text)."""
+    def _fit(self, context: str, max_tokens: int) -> str | list[int]:
+        """The context, or its last `max_tokens` token ids when it is longer, as the hf backend cuts it (no
+        special token re-added). The search rules read text: for them the cut ids are decoded back to text."""
         ids = self.tok_encode(context)
-        return context if len(ids) <= max_tokens else self.tok_decode(ids[-max_tokens:], skip_special_tokens=False)
+        if len(ids) <= max_tokens:
+            return context
+        if self.decoder.rule.name in SEARCH_RULES:
+            return self.tok_decode(ids[-max_tokens:], skip_special_tokens=False)
+        return ids[-max_tokens:]
 
 
 def main() -> None:
