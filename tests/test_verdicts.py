@@ -8,7 +8,21 @@ import math
 import numpy as np
 import pytest
 
-from modelops.eval.verdicts import FAILS, HOLDS, INCONCLUSIVE, better, combine, faster, judge, recovered, share, tally
+from modelops.eval.verdicts import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    Claim,
+    better,
+    combine,
+    faster,
+    judge,
+    paired_bootstrap,
+    pooled,
+    recovered,
+    share,
+    tally,
+)
 
 
 def test_a_tie_is_inconclusive_never_holds() -> None:
@@ -77,3 +91,41 @@ def test_judge_and_tally() -> None:
     assert tally(["holds: x", "fails: y", "inconclusive: z", "holds"]) == "2 hold, 1 fail, 1 inconclusive"
     assert combine([HOLDS, HOLDS]) == HOLDS and combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
     assert combine([INCONCLUSIVE, FAILS, HOLDS]) == FAILS
+
+
+def test_pooled_runs_are_resampled_within_each_run() -> None:
+    """Run 1's prompts all gain 1, run 2's all lose 1: resampled within runs, every resample's mean is exactly 0;
+    resampled across runs (no blocks), it is not."""
+    a, b = [0.0] * 20, [1.0] * 10 + [-1.0] * 10
+    diff = lambda x: x[1].mean(axis=-1) - x[0].mean(axis=-1)  # noqa: E731
+    assert paired_bootstrap([a, b], diff, blocks=[10, 10])[1:] == (0.0, 0.0)
+    low, high = paired_bootstrap([a, b], diff)[1:]
+    assert low < -0.1 and high > 0.1
+    with pytest.raises(ValueError, match="do not split"):
+        paired_bootstrap([a, b], diff, blocks=[10, 9])
+
+
+def test_a_pooled_claim_concatenates_runs_and_keeps_their_sizes() -> None:
+    rng = np.random.default_rng(3)
+    runs = [Claim("better", [list(x), list(x + 0.3 + rng.normal(0, 0.2, 12))], 0.0, "b − a") for x in
+            (rng.normal(0, 1, 12) for _ in range(3))]  # fmt: skip
+    each = [c.verdict() for c in runs]
+    whole = pooled(runs)
+    assert whole.runs == [12, 12, 12] and whole.columns[0] == [v for c in runs for v in c.columns[0]]
+    v = whole.verdict()
+    assert v.n == 36 and v.effect == pytest.approx(np.mean([e.effect for e in each]))
+    assert v.outcome == HOLDS and (v.high - v.low) < min(e.high - e.low for e in each)  # more prompts: narrower
+    assert pooled([whole, runs[0]]).runs == [12, 12, 12, 12]
+    with pytest.raises(ValueError, match="not the same claim"):
+        pooled([runs[0], Claim("better", runs[1].columns, 0.05)])
+
+
+def test_claims_rebuild_each_verdict_kind() -> None:
+    a, b, c = [0.0, 1.0] * 20, [1.0] * 40, [1.0] * 40
+    assert Claim("better", [a, b]).verdict() == better(a, b)
+    assert Claim("share", [b, a], 0.9).verdict() == share(b, a, at_least=0.9)
+    assert Claim("recovered", [a, b, c], 0.9).verdict() == recovered(a, b, c, at_least=0.9)
+    assert Claim("faster", [[1.1, 1.2, 1.15]], 1.0).verdict() == faster([1.1, 1.2, 1.15])
+    assert Claim("identical", [[1.0, 1.0]]).verdict().outcome == HOLDS
+    assert Claim("identical", [[1.0, 0.0]]).verdict().outcome == FAILS
+    assert Claim.from_dict(Claim("better", [a, b], 0.05, "x").to_dict()) == Claim("better", [a, b], 0.05, "x")

@@ -25,7 +25,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "modelops.api.evaluation": (
         "LmEvalRun", "run_lm_eval", "zoo_lm_eval_tasks",
-        "Verdict", "better", "cell_values", "combine", "faster", "recovered", "share", "tally",
+        "Claim", "Verdict", "better", "pooled", "cell_values", "combine", "faster", "recovered", "share", "tally",
         "EvalReport", "OrderingRun", "SystemSpec", "TaskSpec", "end_worker_process", "eval_systems", "eval_tasks",
         "evaluate", "is_main_process", "measure_orderings", "model_system", "ordering_text", "zoo_task",
     ),

@@ -22,10 +22,11 @@ from modelops.eval.orderings import OrderingRun, measure_orderings, ordering_tex
 from modelops.eval.orderings import values as cell_values
 from modelops.eval.report import TaskResult
 from modelops.eval.tasks import DEFAULT_MAX_NEW, TaskSpec, load_task, zoo_task
-from modelops.eval.verdicts import Verdict, better, combine, faster, recovered, share, tally
+from modelops.eval.verdicts import Claim, Verdict, better, combine, faster, pooled, recovered, share, tally
 from modelops.version import __version__
 
 __all__ = [
+    "Claim",
     "EvalReport",
     "LmEvalRun",
     "OrderingRun",
@@ -44,6 +45,7 @@ __all__ = [
     "measure_orderings",
     "model_system",
     "ordering_text",
+    "pooled",
     "recovered",
     "run_lm_eval",
     "share",

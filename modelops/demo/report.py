@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelops.api import Claim
 
 
 @dataclass
@@ -17,6 +20,11 @@ class DemoLine:
     values: str  # "system value, system value, …"
     verdict: str
     seconds: float
+    claims: list[Claim] = field(default_factory=list)  # what the verdict was computed from (to pool seeds)
+    sampled: bool = False  # its systems sample, so a sampling seed changes it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "claims": [c.to_dict() for c in self.claims]}
 
 
 @dataclass

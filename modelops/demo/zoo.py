@@ -46,8 +46,10 @@ def run_zoo_demo(
     device: str = "cpu",
     zoo_progress: Any = None,
     on_line: Callable[[DemoLine], None] | None = None,
+    sample_seed: int = 0,
 ) -> DemoReport:
-    """Build (or reuse) the zoo, then run every operation and every ordering on it."""
+    """Build (or reuse) the zoo, then run every operation and every ordering on it (the searches sample with
+    `sample_seed`; everything else is greedy)."""
     start = time.perf_counter()
     t0 = time.perf_counter()
     zoo = api.build_zoo(preset, seed, progress=zoo_progress)
@@ -67,7 +69,7 @@ def run_zoo_demo(
         add(line)
     add(_merge_line(zoo, roles, outputs, limit, device))
     add(_lora_line(zoo, roles, outputs, limit, device))
-    for line in _decode_lines(zoo, limit, device, report.details):
+    for line in decode_lines(zoo, limit, device, report.details, sample_seed=sample_seed):
         add(line)
     add(_speculative_line(roles, limit, device, zoo))
     report.seconds = time.perf_counter() - start
@@ -104,19 +106,21 @@ def _expo_lines(
         task = "review (gold reward, test half)"
         if which == "dpo_full":
             partial_expo, full = found["dpo_partial"][1], results[0]
-            lines.append(DemoLine("weights", "ExPO (Zheng et al. 2024): DPO(full) < DPO(partial)+ExPO", task,
-                                  _fmt([full, partial_expo]), _better(full, partial_expo), seconds))  # fmt: skip
-        lines.append(DemoLine("weights", f"ExPO: {which} < {which}+ExPO (α > 0)", task, _fmt(results[:2]),
-                              _better(results[0], results[1]), seconds))  # fmt: skip
-        auto = _better(results[0], results[2]) if chosen["α auto"] != 0 else "inconclusive: α* = 0, no change"
-        lines.append(DemoLine("weights", f"extrapolate --alpha auto (any sign): {which} < {which}+α*", task,
-                              _fmt([results[0], results[2]]), auto, 0.0))  # fmt: skip
+            lines.append(_better_line("ExPO (Zheng et al. 2024): DPO(full) < DPO(partial)+ExPO", task, full,
+                                      partial_expo, seconds))  # fmt: skip
+        lines.append(_better_line(f"ExPO: {which} < {which}+ExPO (α > 0)", task, *results[:2], seconds))
+        auto = _better_line(f"extrapolate --alpha auto (any sign): {which} < {which}+α*", task, results[0],
+                            results[2], 0.0)  # fmt: skip
+        if chosen["α auto"] == 0:  # the same model twice: nothing was tested (pooled over seeds it counts as 0)
+            auto.verdict = "inconclusive: α* = 0, no change"
+        lines.append(auto)
     return lines
 
 
-def _better(a: Any, b: Any) -> str:
+def _better_line(claim: str, task: str, a: Any, b: Any, seconds: float) -> DemoLine:
     """b better than a on the same prompts: paired bootstrap, one-sided 95%."""
-    return api.better(api.cell_values(a), api.cell_values(b)).text()
+    test = api.Claim("better", [api.cell_values(a), api.cell_values(b)])  # the systems' α may differ per seed
+    return DemoLine("weights", claim, task, _fmt([a, b]), test.verdict().text(), seconds, [test])
 
 
 def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | None, device: str) -> DemoLine:
@@ -134,24 +138,24 @@ def _merge_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | No
         }  # fmt: skip
         merged[name] = outputs / f"merge-{method}-facts+addition"
         api.merge(recipe, merged[name], overwrite=True)
-    cells, verdicts = [], []
+    cells, claims = [], []
     for task in ("facts", "addition"):
         systems = {f"expert ({task})": api.SystemSpec(f"expert ({task})", roles[f"large_sft_{task}"])}
         systems |= {name: api.SystemSpec(name, str(folder)) for name, folder in merged.items()}
         results = _evaluate(systems, api.zoo_task(task, zoo), limit, device)
         cells.append((task, results))
         expert = api.cell_values(results[0])
-        for r in results[1:]:
-            v = api.share(expert, api.cell_values(r), at_least=KEEP)
-            verdicts.append((v.outcome, f"{r.system} on {task}: {v.text()}"))
+        claims += [api.Claim("share", [expert, api.cell_values(r)], KEEP, f"{r.system} on {task}") for r in results[1:]]
     values = "; ".join(f"{t}: {_fmt(r)}" for t, r in cells)
     return DemoLine("weights", f"merge (task arithmetic, TIES) of two large fine-tunes keeps ≥ {KEEP:.0%} of each "
-                    "expert's score", "facts; addition", values, _combined(verdicts), time.perf_counter() - t0)  # fmt: skip
+                    "expert's score", "facts; addition", values, combined(claims), time.perf_counter() - t0, claims)  # fmt: skip
 
 
-def _combined(verdicts: list[tuple[str, str]]) -> str:
+def combined(claims: list[Any]) -> str:
     """Several claims in one line: fails if one fails, holds if all hold, else inconclusive; each one's detail."""
-    return f"{api.combine([o for o, _ in verdicts])}: " + " | ".join(text for _, text in verdicts)
+    verdicts = [c.verdict() for c in claims]
+    details = " | ".join(f"{c.label}: {v.text()}" for c, v in zip(claims, verdicts, strict=True))
+    return f"{api.combine([v.outcome for v in verdicts])}: {details}"
 
 
 def _lora_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | None, device: str) -> DemoLine:
@@ -168,21 +172,25 @@ def _lora_line(zoo: Path, roles: dict[str, str], outputs: Path, limit: int | Non
         },
         api.zoo_task("facts", zoo), limit, device,
     )  # fmt: skip
-    base, lora, tuned = (api.cell_values(r) for r in results)
-    verdict = api.recovered(base, lora, tuned, at_least=KEEP).text()
+    test = api.Claim("recovered", [api.cell_values(r) for r in results], KEEP, "base+LoRA r16")
+    verdict = test.verdict().text()
     err = extracted.summary.get("overall_rel_error")
     values = _fmt(results) + (f"; weight error {err:.3f}" if err is not None else "")
     return DemoLine("weights", f"extract-lora r16 → apply-lora recovers ≥ {KEEP:.0%} of the fine-tune's gain",
-                    "facts (exact match)", values, verdict, time.perf_counter() - t0)  # fmt: skip
+                    "facts (exact match)", values, verdict, time.perf_counter() - t0, [test])  # fmt: skip
 
 
-def _decode_lines(zoo: Path, limit: int | None, device: str, details: dict) -> list[DemoLine]:
-    run = api.measure_orderings(zoo, limit=limit, device=device)
+def decode_lines(
+    zoo: Path, limit: int | None, device: str, details: dict, *, sample_seed: int = 0, only_sampled: bool = False
+) -> list[DemoLine]:
+    """The papers' orderings; `only_sampled`: just those a sampling seed can change (the searches)."""
+    run = api.measure_orderings(zoo, limit=limit, device=device, seed=sample_seed, only_sampled=only_sampled)
     details["orderings"] = [r.to_dict() for r in run.results]
     lines = []
     for r in run.results:
         claim = f"{r.comparison.paper}: {api.ordering_text(r.comparison)}"
-        lines.append(DemoLine("decode", claim, r.comparison.task, _fmt(r.results), r.verdict, r.seconds))
+        lines.append(DemoLine("decode", claim, r.comparison.task, _fmt(r.results), r.verdict, r.seconds, r.claims,
+                              r.sampled))  # fmt: skip
     return lines
 
 
@@ -208,7 +216,9 @@ def _speculative_line(roles: dict[str, str], limit: int | None, device: str, zoo
     acceptance = spec.last_stats.get("acceptance_rate", 0.0)
     plain_rate, spec_rate = (sorted(r[k] for r in rates)[len(rates) // 2] for k in (0, 1))
     values = f"plain EFT {plain_rate:.0f} tok/s, speculative K=4 {spec_rate:.0f} tok/s (medians), acceptance {acceptance:.2f}"
-    speed = api.faster(ratios).text()
+    claims = [api.Claim("identical", [[1.0 if same else 0.0]], 1.0, "identical tokens"),
+              api.Claim("faster", [ratios], 1.0, "speed ratio")]  # fmt: skip
+    speed = claims[1].verdict().text()
     verdict = f"{speed} | identical tokens" if same else f"fails: tokens DIFFER | {speed}"
     return DemoLine("decode", "speculative up-scaling (EFT paper): identical output and faster", "review (batch 1, greedy)",
-                    values, verdict, time.perf_counter() - t0)  # fmt: skip
+                    values, verdict, time.perf_counter() - t0, claims)  # fmt: skip

@@ -17,11 +17,12 @@ from typing import Any
 from modelops.eval.harness import SystemSpec, evaluate
 from modelops.eval.report import TaskResult
 from modelops.eval.tasks import TaskSpec, zoo_task
-from modelops.eval.verdicts import better, combine
+from modelops.eval.verdicts import Claim, combine
 from modelops.runtime.zoo_names import zoo_roles
 
 logger = logging.getLogger(__name__)
 
+SAMPLED_RULES = ("cbs", "bon")  # the searches sample (T 0.7, top-k 50); every other system is greedy
 EXACT_MARGIN = 0.05  # "≲" on exact-match tasks: not more than 5 points worse
 REWARD_MARGIN = 0.25  # "≲" on the review reward (gold reward in [−3, 2]): a twentieth of its range
 
@@ -42,6 +43,8 @@ class OrderingResult:
     results: list[TaskResult]
     verdict: str  # "holds: …", "fails: …" or "inconclusive: …", with every pair's effect and bounds
     seconds: float = 0.0
+    claims: list[Claim] = field(default_factory=list)  # one per neighbour pair: what the verdict was computed from
+    sampled: bool = False  # a system of it samples (a search), so the sampling seed changes it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,17 +70,29 @@ def values(result: TaskResult) -> list[float]:
     return [float(r["value"]) for r in sorted(result.records, key=lambda r: r["index"])]
 
 
-def verdict(c: Comparison, results: list[TaskResult], *, seed: int = 0) -> str:
-    """The ordering's verdict: every neighbour pair by a paired bootstrap; fails if one fails, holds if all
-    hold, else inconclusive. Each pair's effect mean(b − a) and its one-sided 95% bounds follow."""
-    outcomes, details = [], []
+def pair_claims(c: Comparison, results: list[TaskResult]) -> list[Claim]:
+    """One "b better than a" (or "not worse, within the margin") claim per neighbour pair, on per-prompt values."""
+    claims = []
     for rel, a, b in zip(c.relations, results, results[1:], strict=False):
         if rel not in ("<", "≲"):
             raise ValueError(f"unknown relation {rel!r}")
-        v = better(values(a), values(b), margin=c.margin if rel == "≲" else 0.0, seed=seed)
-        outcomes.append(v.outcome)
-        details.append(f"{b.system} − {a.system} {v.effect:+.3g} [{v.low:+.3g}, {v.high:+.3g}] vs {v.threshold:+g}")
-    return f"{combine(outcomes)}: " + "; ".join(details)
+        margin = c.margin if rel == "≲" else 0.0
+        claims.append(Claim("better", [values(a), values(b)], margin, f"{b.system} − {a.system}"))
+    return claims
+
+
+def verdict(c: Comparison, results: list[TaskResult], *, seed: int = 0) -> str:
+    """The ordering's verdict: every neighbour pair by a paired bootstrap; fails if one fails, holds if all
+    hold, else inconclusive. Each pair's effect mean(b − a) and its one-sided 95% bounds follow."""
+    return judged(pair_claims(c, results), seed=seed)
+
+
+def judged(claims: list[Claim], *, seed: int = 0) -> str:
+    """The combined verdict of an ordering's pair claims, each pair's effect and bounds after it."""
+    verdicts = [claim.verdict(seed) for claim in claims]
+    details = [f"{cl.label} {v.effect:+.3g} [{v.low:+.3g}, {v.high:+.3g}] vs {v.threshold:+g}"
+               for cl, v in zip(claims, verdicts, strict=True)]  # fmt: skip
+    return f"{combine([v.outcome for v in verdicts])}: " + "; ".join(details)
 
 
 def zoo_systems(zoo: Path, tasks: list[str], *, search_n: int = 16) -> dict[str, SystemSpec]:
@@ -168,13 +183,16 @@ def measure_orderings(
     device: str = "cpu",
     seed: int = 0,
     progress: Any = None,
+    only_sampled: bool = False,
 ) -> OrderingRun:
-    """Evaluate every system once per task it appears in, then judge each comparison."""
+    """Evaluate every system once per task it appears in, then judge each comparison. `seed`: the searches'
+    sampling seed; `only_sampled`: just the comparisons with a sampled system (what another seed can change)."""
     from modelops.decode.sampling import SamplingConfig
 
     tasks = tasks or ["facts", "addition", "review"]
     systems = zoo_systems(zoo, tasks, search_n=search_n)
-    comparisons = zoo_comparisons(tasks, search_n=search_n)
+    sampled = lambda c: any(systems[n].rule in SAMPLED_RULES for n in c.systems)  # noqa: E731
+    comparisons = [c for c in zoo_comparisons(tasks, search_n=search_n) if sampled(c) or not only_sampled]
     specs: dict[str, TaskSpec] = {t: zoo_task(t, zoo) for t in tasks}
     run = OrderingRun()
     for c in comparisons:
@@ -183,12 +201,14 @@ def measure_orderings(
             if (name, c.task) in run.cells:
                 continue
             system = systems[name]
-            search = system.rule in ("cbs", "bon")
+            search = system.rule in SAMPLED_RULES
             # searches sample (the papers' T 0.7, top-k 50); everything else is greedy, as the zoo scores itself
             sampling = SamplingConfig(temperature=0.7 if search else 0.0, top_k=50 if search else 0, seed=seed)
             report = evaluate({name: system}, [specs[c.task]], sampling, batch_size, limit, device=device,
                               progress=progress)  # fmt: skip
             run.cells[(name, c.task)] = replace(report.results[0])
         results = [run.cells[(n, c.task)] for n in c.systems]
-        run.results.append(OrderingResult(c, results, verdict(c, results), time.perf_counter() - start))
+        claims = pair_claims(c, results)
+        seconds = time.perf_counter() - start
+        run.results.append(OrderingResult(c, results, judged(claims), seconds, claims, sampled(c)))
     return run
