@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up modelops in ./.venv: torch 2.13.0 (CPU wheel) first, so nothing else pulls a multi-GB CUDA build,
-# then modelops itself (editable) with its test tools and the lm-eval extra (its tests run in CI). Safe to re-run;
+# then modelops itself (editable) with its test tools and the lm-eval and plots extras (their tests run in CI). Safe to re-run;
 # fast when already set up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.sta
   .venv/bin/pip install -q "torch==2.13.0"
 fi
 log="$(mktemp)"
-if ! .venv/bin/pip install -q -e ".[test,lm-eval]" >"$log" 2>&1; then
+if ! .venv/bin/pip install -q -e ".[test,lm-eval,plots]" >"$log" 2>&1; then
   grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
   exit 1
 fi

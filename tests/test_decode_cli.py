@@ -80,6 +80,8 @@ def test_dlf_rows_carry_the_alpha_trace_and_the_recipe_is_used(decode_family, tm
         str(tmp_path / "r.jsonl"),
     )
     assert res.exit_code == 0, res.output
+    picture = tmp_path / "r.alpha_trace.png"  # the trace drawn beside the rows, named on the summary line
+    assert picture.read_bytes()[:4] == b"\x89PNG" and f"alpha_trace {picture}" in res.output
     for row in read(tmp_path / "r.jsonl"):
         assert len(row["alpha_trace"]) == row["num_tokens"] <= 6
         for step in row["alpha_trace"]:

@@ -29,7 +29,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
         "EvalReport", "OrderingRun", "SystemSpec", "TaskSpec", "end_worker_process", "eval_systems", "eval_tasks",
         "evaluate", "is_main_process", "measure_orderings", "model_system", "ordering_text", "zoo_task",
     ),
-    "modelops.api.publish": ("build_card", "describe_method", "push", "write_card"),
+    "modelops.api.publish": ("alpha_curve_png", "alpha_trace_png", "build_card", "describe_method", "push", "write_card"),
     "modelops.api.zoo": (
         "build_zoo", "folder_bytes", "iter_models", "list_zoos", "load_manifest", "zoo_roles", "zoo_root",
     ),

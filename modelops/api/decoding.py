@@ -14,6 +14,7 @@ from modelops.decode.api import build_decoder as load_decoder
 from modelops.decode.sampling import SamplingConfig
 from modelops.decode.spec import DecodeSpec, load_spec, read_prompts
 from modelops.errors import ModelopsError
+from modelops.plots import alpha_trace_png
 from modelops.provenance import fingerprint_sha256
 from modelops.version import __version__
 
@@ -95,7 +96,14 @@ def fuse_decode(
                           progress=progress, on_row=sink.add)  # fmt: skip
         run.stats["resumed_rows"] = len(rows) - len(todo)
         run.rows = sink.finish([r["id"] for r in rows])
+    if spec.rule == "dlf" and not score and alpha_trace_png(run.rows, alpha_trace_path(Path(out))):
+        run.stats["alpha_trace"] = str(alpha_trace_path(Path(out)))
     return run
+
+
+def alpha_trace_path(out: Path) -> Path:
+    """Where a DLF decode's α trace is drawn: beside its results (`results.jsonl` → `results.alpha_trace.png`)."""
+    return out.with_name(f"{out.stem}.alpha_trace.png")
 
 
 def _decode(

@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from modelops.errors import RecipeError
-from modelops.hub.card import build_model_card, write_model_card
+from modelops.hub.card import ALPHA_CURVE_PNG, build_model_card, write_model_card
 from modelops.hub.push import PushResult
 from modelops.hub.push import push_folder as push
 from modelops.lora import apply as lora_apply
 from modelops.lora import extract as lora_extract
 from modelops.merge.methods import get_method
+from modelops.plots import alpha_curve_png, alpha_trace_png
 from modelops.provenance import MethodDescription, read_recipe_file
 
 __all__ = [
-    "OPERATION_DESCRIPTIONS", "PushResult", "build_card", "card_writer", "describe_method", "push", "write_card",
+    "OPERATION_DESCRIPTIONS", "PushResult", "alpha_curve_png", "alpha_trace_png", "build_card", "card_writer",
+    "describe_method", "push", "write_card",
 ]  # fmt: skip
 
 OPERATION_DESCRIPTIONS = {d.name: d for d in (lora_extract.DESCRIPTION, lora_apply.DESCRIPTION)}
@@ -49,6 +51,18 @@ def _folder_method(folder: Path) -> MethodDescription | None:
     return describe_method(str(name)) if name else None
 
 
+def _alpha_curve(folder: Path) -> dict[str, Any] | None:
+    """The α search recorded in the folder's recipe ({"search", "points"}), if any."""
+    try:
+        block = (read_recipe_file(folder) or {}).get("modelops") or {}
+    except Exception:  # unreadable recipe: the card builder reports it
+        return None
+    search = (block.get("metrics") or {}).get("alpha_search") if isinstance(block, dict) else None
+    if not isinstance(search, dict) or not search.get("curve"):
+        return None
+    return {"search": search, "points": search["curve"]}
+
+
 def build_card(folder: Path, *, template: Path | None = None, extra_text: str | None = None) -> Any:
     """The `huggingface_hub.ModelCard` for a folder modelops wrote (not written)."""
     folder = Path(folder)
@@ -56,8 +70,16 @@ def build_card(folder: Path, *, template: Path | None = None, extra_text: str | 
 
 
 def write_card(folder: Path, *, template: Path | None = None, extra_text: str | None = None) -> Path:
-    """(Re)write `folder/README.md` from the folder's recipe file, offline; returns the card's path."""
+    """(Re)write `folder/README.md` from the folder's recipe file, offline; returns the card's path. An α search
+    recorded there gets its curve drawn beside it (`alpha_curve.png`, shown by the card) when matplotlib is
+    installed."""
     folder = Path(folder)
+    curve = _alpha_curve(folder)
+    if curve and not (folder / ALPHA_CURVE_PNG).is_file():
+        search = curve["search"]
+        alpha_curve_png(
+            curve["points"], folder / ALPHA_CURVE_PNG, metric=f"{search.get('task')} ({search.get('metric')})"
+        )
     return write_model_card(folder, method=_folder_method(folder), template=template, extra_text=extra_text)
 
 

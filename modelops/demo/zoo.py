@@ -91,6 +91,8 @@ def _expo_lines(
         t0 = time.perf_counter()
         points = api.alpha_sweep(roles["sft_review"], roles[which], list(api.DEFAULT_ALPHA_GRID), dev, device=device)
         details[f"expo_curve[{which}] (dev half)"] = [p.to_dict() for p in points]
+        api.alpha_curve_png(details[f"expo_curve[{which}] (dev half)"], outputs / f"expo-curve-{which}.png",
+                            title=f"ExPO α curve, {which} (review, dev half)", metric="gold reward")  # fmt: skip
         chosen = {
             "ExPO": api.best_alpha([p for p in points if p.alpha > 0]).alpha,
             "α auto": api.best_alpha(points).alpha,

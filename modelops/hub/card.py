@@ -22,6 +22,8 @@ from modelops.checkpoint.resume import PARTIAL_MARK
 from modelops.errors import OutputError, RecipeError
 from modelops.provenance import MethodDescription
 
+ALPHA_CURVE_PNG = "alpha_curve.png"  # an α search drawn beside the weights (see api.publish); the card shows it
+
 logger = logging.getLogger(__name__)
 
 RECIPE_FILE = "modelops_recipe.yaml"
@@ -66,6 +68,9 @@ Paper: [{{ paper }}]({{ paper_url }})
 {% if metrics_yaml %}
 ```yaml
 {{ metrics_yaml }}```
+{% endif %}
+{% if plot %}
+![{{ plot_alt }}]({{ plot }})
 {% endif %}
 {% endif %}
 ## Recipe
@@ -189,6 +194,8 @@ def card_fields(folder: Path, recipe: dict[str, Any], method: MethodDescription 
         "metrics_table": scalars,
         "metrics_yaml": yaml.safe_dump(nested, sort_keys=False, allow_unicode=True) if nested else "",
         "recipe_file": RECIPE_FILE,
+        "plot": ALPHA_CURVE_PNG if (folder / ALPHA_CURVE_PNG).is_file() else "",
+        "plot_alt": "The α search: score and fluency against α, with 95% intervals",
     }
 
 
