@@ -17,6 +17,9 @@ Weights = Annotated[
 Gamma = Annotated[float | None, typer.Option("--gamma", help="EFT 'amplified' knob: scales ℓ_L − ℓ_S−.")]
 DlfGrid = Annotated[str | None, typer.Option("--dlf-grid", help="DLF weight grid: start:stop:step or a comma list.")]
 DlfBounds = Annotated[list[str] | None, typer.Option("--dlf-bounds", help="DLF lo:hi per expert.")]
+DlfMode = Annotated[
+    str | None, typer.Option("--dlf-mode", help="DLF with several experts: one (one active per step) or joint.")
+]
 OldDlfGrid = Annotated[str | None, typer.Option("--alpha-grid", hidden=True, help="Deprecated: --dlf-grid.")]
 OldDlfBounds = Annotated[
     list[str] | None, typer.Option("--alpha-bounds", hidden=True, help="Deprecated: --dlf-bounds.")

@@ -31,6 +31,7 @@ def fuse_decode(
     gamma: o.Gamma = None,
     dlf_grid: o.DlfGrid = None,
     dlf_bounds: o.DlfBounds = None,
+    dlf_mode: o.DlfMode = None,
     beam_width: o.BeamWidth = None,
     successors: o.Successors = None,
     chunk_len: o.ChunkLen = None,
@@ -74,7 +75,7 @@ def fuse_decode(
     dlf_bounds = dlf_bounds or o.deprecated("--alpha-bounds", "--dlf-bounds", alpha_bounds)
     spec = api.decode_spec(
         recipe, large=large, small_base=small_base, experts=expert, rule=rule, weights=weight, gamma=gamma,
-        dlf_grid=dlf_grid, dlf_bounds=dlf_bounds, beam_width=beam_width, successors=successors,
+        dlf_grid=dlf_grid, dlf_bounds=dlf_bounds, dlf_mode=dlf_mode, beam_width=beam_width, successors=successors,
         chunk_len=chunk_len, n=n, speculative=speculative, speculative_schedule=speculative_schedule,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed,
         chat_template_for=chat_template_for,

@@ -90,16 +90,24 @@ def alpha_trace_png(rows: Sequence[dict[str, Any]], path: Path, *, title: str = 
 
 def alpha_trace_series(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, list[float]], list[int]]:
     """What `alpha_trace_png` draws: per expert, the mean α at each step over the rows still decoding (0 where
-    another expert or none was active), and how many rows were still decoding at each step."""
+    another expert or none was active; a joint step's own weight for each), and how many rows were still decoding
+    at each step."""
     traces = [r["alpha_trace"] for r in rows if r.get("alpha_trace")]
     steps = max((len(t) for t in traces), default=0)
     live = [sum(len(t) > i for t in traces) for i in range(steps)]
-    experts = sorted({s["expert"] for t in traces for s in t if s["expert"] is not None})
-    series = {
-        e: [sum(t[i]["alpha"] for t in traces if len(t) > i and t[i]["expert"] == e) / live[i] for i in range(steps)]
-        for e in experts
-    }
+    experts = sorted(
+        {s["expert"] for t in traces for s in t if s["expert"] is not None}
+        | {e for t in traces for s in t for e, w in enumerate(s.get("weights") or []) if w}
+    )
+    series = {e: [sum(_weight(t[i], e) for t in traces if len(t) > i) / live[i] for i in range(steps)] for e in experts}
     return series, live
+
+
+def _weight(step: dict[str, Any], expert: int) -> float:
+    """Expert `expert`'s α at one step (a joint step lists every expert's weight)."""
+    if "weights" in step:
+        return float(step["weights"][expert])
+    return float(step["alpha"]) if step["expert"] == expert else 0.0
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:

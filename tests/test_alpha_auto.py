@@ -58,7 +58,9 @@ def test_sweep_matches_written_checkpoints_and_writes_only_the_winner(tmp_path):
     assert written.keys() == expected.keys()
     assert all(torch.equal(written[k], expected[k]) for k in written)
     assert "alpha_search" in (out / "README.md").read_text()
-    assert (out / "alpha_curve.png").read_bytes()[:4] == b"\x89PNG" and "](alpha_curve.png)" in (out / "README.md").read_text()
+    assert (out / "alpha_curve.png").read_bytes()[:4] == b"\x89PNG" and "](alpha_curve.png)" in (
+        out / "README.md"
+    ).read_text()
     assert not [p for p in tmp_path.iterdir() if "modelops-tmp" in p.name]
 
 

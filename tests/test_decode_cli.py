@@ -88,6 +88,31 @@ def test_dlf_rows_carry_the_alpha_trace_and_the_recipe_is_used(decode_family, tm
             assert step["alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0) and step["expert"] in (None, 0, 1)
 
 
+def test_dlf_mode_joint_searches_every_experts_weight_together(decode_family, tmp_path):
+    """--dlf-mode joint decodes with weight vectors from the grids' product (recorded per step), equal to the
+    fused generation of the same search called directly; a bad mode is one line."""
+    from modelops.decode import CoDecoder, FusionRule
+    from modelops.decode.sampling import SamplingConfig
+
+    fam = {k: str(v) for k, v in decode_family.items()}
+    src = write_prompts(tmp_path / "p.jsonl", prompts(4))
+    common = ["--large", fam["large"], "--small-base", fam["base"], "--expert", fam["expert2"], "--expert",
+              fam["base"], "--rule", "dlf", "--dlf-grid", "0,0.5,1", "--max-new-tokens", "5", "--prompts", str(src)]  # fmt: skip
+    res = invoke(*common, "--dlf-mode", "joint", "--out", str(tmp_path / "j.jsonl"))
+    assert res.exit_code == 0, res.output
+    rows = read(tmp_path / "j.jsonl")
+    rule = FusionRule("dlf", dlf_grid=[0.0, 0.5, 1.0], dlf_mode="joint")
+    decoder = CoDecoder.load(fam["large"], fam["base"], [fam["expert2"], fam["base"]], rule, device="cpu")
+    gens = decoder.generate(prompts(4), SamplingConfig(max_new_tokens=5), ids=[r["id"] for r in rows])
+    assert [r["text"] for r in rows] == [g.text for g in gens]
+    for step in (s for r in rows for s in r["alpha_trace"]):
+        weights = step.get("weights") or [step["alpha"] if step["expert"] == t else 0.0 for t in (0, 1)]
+        assert all(w in (0.0, 0.5, 1.0) for w in weights)
+    bad = invoke(*common, "--dlf-mode", "both", "--out", str(tmp_path / "b.jsonl"))
+    assert bad.exit_code == 1 and "--dlf-mode 'both': expected one" in bad.output
+    assert not (tmp_path / "b.jsonl").exists()
+
+
 def test_score_mode_writes_summed_logprobs(decode_family, tmp_path):
     fam = {k: str(v) for k, v in decode_family.items()}
     src = write_prompts(tmp_path / "p.jsonl", ["w1 w2", "w3"], continuation="w4 w5")

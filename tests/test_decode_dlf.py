@@ -287,3 +287,40 @@ def test_kernel_is_built_once_into_the_cache_and_a_failed_build_falls_back(tmp_p
     finally:
         monkeypatch.undo()
         native.library.cache_clear()
+
+
+# -- every expert's weight searched together (--dlf-mode joint) -------------------------------------------------
+
+
+@pytest.mark.parametrize("n_experts", [2, 3])
+def test_joint_search_equals_the_candidate_by_candidate_objective(n_experts):
+    from modelops.decode.dlf_joint import JointDlfSearch, joint_candidates
+
+    rows, vocab, grid = 12, 60, [0.0, 0.5, 1.0, 1.5]
+    zl, zb = randn(7, rows, vocab, 2.0), randn(107, rows, vocab, 2.0)
+    experts = [zb + randn(207 + t, rows, vocab, 0.3 + 0.4 * t) for t in range(n_experts)]
+    cands = joint_candidates(grid, n_experts)
+    assert len(cands) == len(grid) ** n_experts and not cands[0].any()  # the product; α = 0 first
+    weights, objective, fused = JointDlfSearch(cands)(zl, zb, experts, fuse=True)
+    assert torch.isfinite(objective).all()  # every candidate evaluated
+    assert_matches_naive(zl, zb, experts, cands, weights, objective)
+    assert int((weights != 0).sum(-1).max()) > 1  # some rows use several experts at once
+    expected = zl + sum(weights[:, t : t + 1] * (experts[t] - zb) for t in range(n_experts))
+    torch.testing.assert_close(fused, expected)
+
+
+def test_joint_search_with_one_expert_is_the_default_search(use_native):
+    from modelops.decode.dlf_joint import JointDlfSearch, joint_candidates
+
+    zl, zb = randn(3, 16, 50, 2.0), randn(103, 16, 50, 2.0)
+    experts = [zb + randn(203, 16, 50, 0.5)]
+    one = DlfSearch(dlf_candidates(UNIFORM, 1), use_native=use_native)(zl, zb, experts)[0]
+    joint = JointDlfSearch(joint_candidates(UNIFORM, 1))(zl, zb, experts)[0]
+    assert torch.equal(one, joint)
+
+
+def test_joint_candidates_keep_each_experts_bounds_and_prefer_the_smallest_total_weight():
+    from modelops.decode.dlf_joint import joint_candidates
+
+    cands = joint_candidates([0.0, 0.5, 1.0], 2, bounds=[(0.0, 0.5), (0.0, 1.0)]).tolist()
+    assert cands == [[0, 0], [0, 0.5], [0.5, 0], [0, 1], [0.5, 0.5], [0.5, 1]]

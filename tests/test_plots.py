@@ -23,6 +23,10 @@ def test_trace_series_averages_each_experts_alpha_over_the_rows_still_decoding()
     series, live = plots.alpha_trace_series(rows)
     assert live == [2, 1, 1]
     assert series == {0: [0.75, 0.0, 0.0], 1: [0.0, 1.0, 0.0]}
+    joint = [{"alpha_trace": [{"expert": 1, "alpha": 1.0, "weights": [0.5, 1.0]}]}]  # --dlf-mode joint
+    assert plots.alpha_trace_series(joint) == ({0: [0.5], 1: [1.0]}, [1])  # every expert's own weight
+    joint[0]["alpha_trace"].append({"expert": 0, "alpha": 0.25})
+    assert plots.alpha_trace_series(joint) == ({0: [0.5, 0.25], 1: [1.0, 0.0]}, [1, 1])
     assert plots.alpha_trace_series([{"text": "x"}]) == ({}, [])
 
 

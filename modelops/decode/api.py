@@ -110,8 +110,13 @@ def generation_row(gen: Generation, spec: DecodeSpec) -> dict[str, Any]:
 
 
 def alpha_step(weights: list[float]) -> dict[str, Any]:
-    """One DLF step: which expert was active (None when α = 0) and its α."""
+    """One DLF step: which expert was active (None when α = 0) and its α; with several active (`--dlf-mode
+    joint`), the one with the largest |α| and every expert's weight under "weights"."""
     active = [i for i, w in enumerate(weights) if w != 0.0]
     if not active:
         return {"expert": None, "alpha": 0.0}
-    return {"expert": active[0], "alpha": round(weights[active[0]], 6)}
+    top = max(active, key=lambda i: abs(weights[i]))
+    step: dict[str, Any] = {"expert": top, "alpha": round(weights[top], 6)}
+    if len(active) > 1:
+        step["weights"] = [round(w, 6) for w in weights]
+    return step

@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 import torch
 
 from modelops.decode.dlf import DlfSearch, dlf_candidates
+from modelops.decode.dlf_joint import JointDlfSearch, joint_candidates
 from modelops.decode.loops import RowOutput, StopChecker, continuation_logprobs, lockstep_generate, response_text
 from modelops.decode.models import Member
 from modelops.decode.overlap import Overlap
 from modelops.decode.rules import eft_coefficients, fixed_coefficients, fuse_components
 from modelops.decode.sampling import SamplingConfig, prompt_key
+from modelops.decode.spec import check_dlf_mode
 from modelops.decode.types import SEARCH_RULES, Generation
 from modelops.decode.vocab import aligned_components, check_shared_vocabulary, stop_token_ids
 from modelops.devices import input_device
@@ -42,6 +44,7 @@ class FusionRule:
     gamma: float = 1.0
     dlf_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
     dlf_bounds: list[tuple[float, float]] | None = None
+    dlf_mode: str = "one"  # one expert active per candidate, or every expert's weight searched jointly
     beam_width: int = 4  # cbs: W
     successors: int = 4  # cbs: K
     chunk_len: int = 5  # cbs: L
@@ -80,6 +83,9 @@ class FusionRule:
         """DLF's per-step search over its candidate weight vectors; None for every other rule."""
         if self.name != "dlf":
             return None
+        if self.dlf_mode == "joint":
+            return JointDlfSearch(joint_candidates(self.dlf_grid, n_experts, self.dlf_bounds))
+        check_dlf_mode(self.dlf_mode)
         return DlfSearch(dlf_candidates(self.dlf_grid, n_experts, self.dlf_bounds))
 
 

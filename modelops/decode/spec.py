@@ -38,6 +38,7 @@ class DecodeSpec:
     gamma: float = 1.0
     dlf_grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
     dlf_bounds: list[tuple[float, float]] | None = None
+    dlf_mode: str = "one"
     beam_width: int = 4
     successors: int = 4
     chunk_len: int = 5
@@ -67,6 +68,7 @@ class DecodeSpec:
         if self.speculative and self.rule not in ("eft", "proxy", "fixed", "dlf"):
             raise RecipeError(f"--speculative works with --rule eft, proxy, fixed or dlf, not {self.rule}")
         check_schedule(self.speculative_schedule, "--speculative-schedule")
+        check_dlf_mode(self.dlf_mode)
         for name in ("beam_width", "successors", "chunk_len", "n"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -83,6 +85,14 @@ class DecodeSpec:
 def check_schedule(schedule: str, where: str) -> None:
     if schedule not in SPECULATIVE_SCHEDULES:
         raise RecipeError(f"{where} {schedule!r}: expected {' or '.join(SPECULATIVE_SCHEDULES)}")
+
+
+DLF_MODES = ("one", "joint")  # one expert active per candidate (the default), or every expert's weight together
+
+
+def check_dlf_mode(mode: str) -> None:
+    if mode not in DLF_MODES:
+        raise RecipeError(f"--dlf-mode {mode!r}: expected one (one expert per step) or joint (all experts' weights)")
 
 
 def parse_grid(text: str) -> list[float]:

@@ -38,7 +38,7 @@ SEARCH_KEYS = ("beam_width", "successors", "chunk_len", "n", "speculative")  # F
 # a system's own sampling (search rules want temperature 0.7, top-k 50); the eval flags give the rest
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed", "stop", "max_new_tokens")
 SYSTEM_KEYS = ("name", "model", "large", "small_base", "experts", "rule", "weights", "gamma", "dlf_grid",
-               "dlf_bounds", "chat_template_for", "dtype", "tasks", *SEARCH_KEYS, "speculative_schedule",
+               "dlf_bounds", "dlf_mode", "chat_template_for", "dtype", "tasks", *SEARCH_KEYS, "speculative_schedule",
                *SAMPLING_KEYS)  # fmt: skip
 
 
@@ -55,6 +55,7 @@ class SystemSpec:
     gamma: float = 1.0
     dlf_grid: list[float] | None = None
     dlf_bounds: list[tuple[float, float]] | None = None
+    dlf_mode: str | None = None
     chat_template_for: str = "none"
     dtype: str | None = None
     beam_width: int = 4  # cbs: W
