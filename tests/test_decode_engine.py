@@ -73,6 +73,28 @@ def test_scored_logprobs_equal_the_rule_on_full_forwards(decode_family, rule, kw
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_scoring_keeps_no_cache_and_only_the_positions_that_predict_a_continuation(decode_family):
+    """Every model's scoring forward runs without a KV cache and returns the logits of the longest continuation's
+    positions (+1), not the whole (B, T, V); the scores still equal the unbatched ones."""
+    fam = {k: str(v) for k, v in decode_family.items()}
+    decoder = CoDecoder.load(fam["large"], fam["base"], [fam["expert"]], FusionRule("eft"))
+    seen = []
+    hooks = [
+        m.model.register_forward_hook(lambda mod, args, kwargs, out: seen.append((kwargs, out.logits.shape)),
+                                      with_kwargs=True)
+        for m in decoder.members
+    ]  # fmt: skip
+    prompts_, conts = ["w1 w2 w3 w4 w5 w6", "w7"], ["w10 w20", "w30 w40 w50"]
+    together = decoder.score(prompts_, conts)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == 3 and all(kw["use_cache"] is False and kw["logits_to_keep"] == 4 for kw, _ in seen)
+    assert all(shape[:2] == (2, 4) for _, shape in seen)
+    alone = [decoder.score([p], [c])[0] for p, c in zip(prompts_, conts, strict=True)]
+    for a, b in zip(together, alone, strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
+
+
 def test_dlf_with_expert_equal_to_base_chooses_alpha_zero_every_step(decode_family):
     fam = {k: str(v) for k, v in decode_family.items()}
     decoder = CoDecoder.load(fam["large"], fam["base"], [fam["base"]], FusionRule("dlf"))

@@ -57,8 +57,9 @@ def test_rows_pool_every_run_of_a_claim_and_count_the_runs_that_held(runs) -> No
 
 def test_the_table_has_a_column_per_zoo_seed_and_every_sampling_seed_in_its_cell(runs) -> None:
     text = seed_table(runs, preset="mini", limit=16)
-    assert "--seeds 0,1 --sample-seeds 0,1`, on the first 16 prompts" in text
-    assert "Pooled verdicts: 2 hold, 0 fail, 0 inconclusive." in text
+    flat = " ".join(text.split())  # the paragraph above the table is wrapped
+    assert "--seeds 0,1 --sample-seeds 0,1`, on the first 16 prompts" in flat
+    assert "Pooled verdicts: 2 hold, 0 fail, 0 inconclusive." in flat
     header, _, greedy, search = text.strip().splitlines()[-4:]
     assert header == "| claim | task | z0 | z1 | pooled | runs holding |"
     assert greedy.startswith("| greedy | t | holds +0.") and greedy.endswith("| 2/2 |")

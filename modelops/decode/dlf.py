@@ -179,7 +179,8 @@ class DlfSearch:
             parts = [self._eager([c[i : i + chunk] for c in comps], fuse) for i in range(0, n_rows, chunk)]
             fused = torch.cat([p[2] for p in parts]) if fuse else None  # type: ignore[misc]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), fused
-        step = self.block_rows or max(1, BLOCK_ELEMS // width)
+        # CPU: blocks that stay in cache; elsewhere (GPU) one block, since each block costs launches and host syncs
+        step = self.block_rows or (max(1, BLOCK_ELEMS // width) if comps[0].device.type == "cpu" else n_rows)
         values = self.workspace.get("values", (n_rows, 1 + 2 * n_exp, width), comps[0], ones_row=True)
         sums = comps[0].new_empty(n_rows, 2 + n_exp, 1 + 2 * n_exp)
         tops = comps[0].new_empty(n_rows, 2 + n_exp, 1)

@@ -179,17 +179,15 @@ def continuation_logprobs(
     padded = [
         left_pad([list(p) + list(c) for p, c in zip(rows, continuations, strict=True)], pad_id) for rows in prompts
     ]
-    calls = [partial(r.prefill, ids, mask, all_logits=True) for r, (ids, mask) in zip(runners, padded, strict=True)]
-    # one model's (B, T, W) logits alive at a time, unless they are computed side by side
+    keep = max((len(c) for c in continuations), default=0) + 1  # the positions that predict a continuation token
+    calls = [partial(r.tail_logits, ids, mask, keep) for r, (ids, mask) in zip(runners, padded, strict=True)]
+    # one model's (B, keep, W) logits alive at a time, unless they are computed side by side
     forwards = run_all(calls, overlap) if overlap is not None else (call() for call in calls)
-    for runner, (ids, _), all_logits in zip(runners, padded, forwards, strict=True):  # (B, T, W)
-        width = ids.shape[1]
+    for tail in forwards:  # (B, keep, W) in the model's dtype
         picks = []  # position j predicts token j+1: the continuation is the last len(c) tokens of each row
         for i, c in enumerate(continuations):
-            start = width - len(c) - 1
-            picks.append(all_logits[i, start : width - 1])
-        gathered.append(torch.cat(picks) if picks else all_logits.new_zeros((0, all_logits.shape[-1])))
-        runner.cache = None
+            picks.append(tail[i, keep - len(c) - 1 : keep - 1])
+        gathered.append(torch.cat(picks).float() if picks else tail.new_zeros((0, tail.shape[-1])).float())
     targets = torch.tensor([t for c in continuations for t in c], dtype=torch.long)
     scores: list[torch.Tensor] = []
     hits: list[torch.Tensor] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -132,13 +133,16 @@ def seed_table(runs: list[SeedRun], *, preset: str, limit: int | None = None) ->
     rows = seed_rows(runs)
     tally = api.tally([row.outcome for row in rows])
     size = f"the first {limit} prompts of each task" if limit else "every prompt of each task"
-    lines = [
+    intro = (
         f"`modelops demo --preset {preset} --seeds {','.join(map(str, zoo_seeds))} --sample-seeds "
         f"{','.join(map(str, sample_seeds))}`, on {size}. Each cell is one run (zoo seed z, sampling seed s): its "
         "verdict and the effect of each claim in it (a difference of means, or a share for merges, LoRA and speed). "
         "Pooled: the runs' prompts together, resampled within each run (paired bootstrap, one-sided 95%); greedy "
         "claims are pooled over zoo seeds only, since a sampling seed cannot change them. "
-        f"Pooled verdicts: {tally}.",
+        f"Pooled verdicts: {tally}."
+    )
+    lines = [
+        textwrap.fill(intro, width=116, break_long_words=False, break_on_hyphens=False),
         "",
         "| claim | task | " + " | ".join(f"z{z}" for z in zoo_seeds) + " | pooled | runs holding |",
         "|---|---|" + "---|" * len(zoo_seeds) + "---|---|",

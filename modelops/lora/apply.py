@@ -213,13 +213,13 @@ def merged_tensor(plan: ApplyPlan, name: str, device: torch.device) -> torch.Ten
     w: torch.Tensor | None = None
     for u in ups:
         if u.kind == "replace":
-            w = plan.adapter.get(u.keys[0]).to(device, torch.float32)
+            w = plan.adapter.get(u.keys[0]).to(device).float()  # copy, then upcast there: half the bytes moved
     if w is None:
-        w = plan.base.get(name).to(device, torch.float32)
+        w = plan.base.get(name).to(device).float()
     for u in ups:
         if u.kind == "replace":
             continue
-        parts = [plan.adapter.get(k).to(device, torch.float32) for k in u.keys]
+        parts = [plan.adapter.get(k).to(device).float() for k in u.keys]
         if u.kind == "bias":
             w.add_(parts[0], alpha=u.scale)
         elif u.kind == "lora":  # W (out, in) += s·B·A

@@ -58,8 +58,8 @@ class Collected:
 
 def delta(base: Checkpoint, tuned: Checkpoint, name: str, dev: torch.device) -> torch.Tensor:
     """ΔW in float32 on the compute device, computed in place (one extra buffer, not two)."""
-    out = tuned.get(name).to(dev, torch.float32)
-    return out.sub_(base.get(name).to(dev, torch.float32))
+    out = tuned.get(name).to(dev).float()  # copy, then upcast on the device: half the bytes moved from bf16
+    return out.sub_(base.get(name).to(dev).float())
 
 
 def full_row(m: Module, change: torch.Tensor, status: str = "full") -> ModuleRow:

@@ -111,7 +111,8 @@ def reorder_slots(cache: Any, index: torch.Tensor) -> None:
             continue
         if not _plain(layer):
             raise TypeError(f"cannot reorder the slots of a {type(layer).__name__} cache layer")
-        full = index[:, None, :, None].expand(*layer.keys.shape[:-1], layer.keys.shape[-1])
+        here = index.to(layer.keys.device)  # layers of a device map live on different devices
+        full = here[:, None, :, None].expand(*layer.keys.shape[:-1], layer.keys.shape[-1])
         keys, values = layer.keys.gather(2, full), layer.values.gather(2, full)
         if isinstance(layer, GrowingLayer):
             layer._keys[..., : layer.length, :] = keys

@@ -70,6 +70,19 @@ class Runner:
         logits = out.logits.float()
         return logits if all_logits else logits[:, -1]
 
+    def tail_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """Logits of the last `keep` positions of left-padded rows (B, keep, W), in the model's dtype, with no cache:
+        teacher-forced scoring needs neither the keys and values nor the prompt's logits (a (B, T, V) float32 copy of
+        them is what fills a GPU first)."""
+        input_ids = self._embeddable(input_ids.to(self.device))
+        mask = attention_mask.to(self.device, torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.reset()
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                             logits_to_keep=keep)  # fmt: skip
+        return out.logits
+
     def reset(self) -> None:
         """Forget every row (the next `admit` or `prefill` starts a new batch)."""
         self.cache = self.mask = self.next_pos = None
