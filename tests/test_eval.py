@@ -256,6 +256,13 @@ def test_recipe_errors(tmp_path: Path, fam: dict) -> None:
     bad.write_text(f"systems:\n  - {{name: a, model: {fam['model']}}}\n  - {{name: a, model: {fam['model']}}}\n")
     with pytest.raises(RecipeError, match="two systems"):
         load_recipe(bad)
+    joint = f"large: {fam['model']}\nsmall_base: {fam['model']}\nexperts: [{fam['model']}]\nrule: dlf\n"
+    bad.write_text(joint + "dlf_mode: joint\n")
+    (system,) = load_recipe(bad)[0].values()
+    assert system.fusion_rule().dlf_mode == "joint"
+    bad.write_text(joint + "dlf_mode: both\n")
+    with pytest.raises(RecipeError, match="--dlf-mode 'both'"):
+        load_recipe(bad)
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------

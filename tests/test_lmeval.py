@@ -17,9 +17,9 @@ from decode_fixtures import prompts
 
 lm_eval = pytest.importorskip("lm_eval", reason="the lm-eval extra is installed by scripts/setup.sh (CI runs it)")
 
-from lm_eval.tasks import TaskManager  # noqa: E402
 
 import modelops.eval.lmeval  # noqa: E402  (registers --model modelops)
+from modelops.api.evaluation import lm_eval_task_manager  # noqa: E402  (lm-eval's task index, built once per path)
 
 TASKS = ("t_gen", "t_mc", "t_roll")
 
@@ -57,9 +57,9 @@ def tasks(tmp_path_factory) -> Path:
     return write_tasks(tmp_path_factory.mktemp("lmeval"))
 
 
-def evaluate(model: str, args: str, tasks: Path) -> dict:
+def evaluate(model: str, args: str, tasks: Path, names: tuple[str, ...] = TASKS) -> dict:
     return lm_eval.simple_evaluate(
-        model=model, model_args=args, tasks=list(TASKS), task_manager=TaskManager(include_path=str(tasks)),
+        model=model, model_args=args, tasks=list(names), task_manager=lm_eval_task_manager((str(tasks),)),
         log_samples=True, batch_size=4, device="cpu",
     )  # fmt: skip
 
@@ -95,8 +95,10 @@ def test_zero_delta_fusion_equals_the_hf_backend_item_by_item(decode_family, tas
 
 def test_a_real_fusion_is_not_the_large_model(decode_family, tasks) -> None:
     fam = {k: str(v) for k, v in decode_family.items()}
-    hf = evaluate("hf", f"pretrained={fam['large']},dtype=float32", tasks)
-    eft = evaluate("modelops", f"large={fam['large']},small_base={fam['base']},expert={fam['expert2']}", tasks)
+    hf = evaluate("hf", f"pretrained={fam['large']},dtype=float32", tasks, ("t_mc",))
+    eft = evaluate(
+        "modelops", f"large={fam['large']},small_base={fam['base']},expert={fam['expert2']}", tasks, ("t_mc",)
+    )
     assert responses(eft, "t_mc") != responses(hf, "t_mc")
 
 
@@ -194,7 +196,7 @@ def test_eft_on_the_zoo_facts_task_through_lm_eval_equals_modelops_eval(mini_zoo
     model = modelops.eval.lmeval.ModelopsLM(decoder=decoder)
     theirs = lm_eval.simple_evaluate(
         model=model, tasks=["zoo_facts"], limit=12, log_samples=True,
-        task_manager=TaskManager(include_path=str(api.zoo_lm_eval_tasks(mini_zoo))),
+        task_manager=lm_eval_task_manager((str(api.zoo_lm_eval_tasks(mini_zoo)),)),
     )["samples"]["zoo_facts"]  # fmt: skip
     decoder.close()
     assert [s["resps"][0][0] for s in sorted(theirs, key=lambda s: s["doc_id"])] == ours
@@ -209,6 +211,6 @@ def test_alpha_auto_can_choose_alpha_by_an_lm_eval_task(decode_family, tasks) ->
     best, record = api.choose_alpha(sft, dpo, "0,0.5,2", "lm-eval:t_mc", device="cpu", lm_eval_include=str(tasks))
     curve = record["alpha_search"]["curve"]
     assert [p["alpha"] for p in curve] == [0.0, 0.5, 2.0]
-    hf = evaluate("hf", f"pretrained={dpo},dtype=float32", tasks)["results"]["t_mc"]["acc,none"]
+    hf = evaluate("hf", f"pretrained={dpo},dtype=float32", tasks, ("t_mc",))["results"]["t_mc"]["acc,none"]
     assert curve[0]["mean"] == pytest.approx(hf)
     assert best.mean == max(p["mean"] for p in curve)

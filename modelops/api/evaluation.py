@@ -3,6 +3,7 @@ and the papers' orderings measured on the zoo."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -264,6 +265,15 @@ def zoo_lm_eval_tasks(zoo: Path | str | None = None) -> Path:
     return write_zoo_tasks(facts.rows, facts.max_new_tokens or DEFAULT_MAX_NEW, target)
 
 
+@functools.lru_cache(maxsize=4)
+def lm_eval_task_manager(include_paths: tuple[str, ...] = ()) -> Any:
+    """lm-eval's task index, built once per set of include paths: building one reads every task YAML lm-eval ships
+    (11–14 s here), which an α search would otherwise pay at every α."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths) or None)
+
+
 def run_lm_eval(
     systems: dict[str, SystemSpec],
     tasks: Sequence[str],
@@ -281,7 +291,6 @@ def run_lm_eval(
 
     import lm_eval as harness
     from datasets.utils.logging import disable_progress_bar
-    from lm_eval.tasks import TaskManager
 
     from modelops.devices import pick_device
     from modelops.eval.lmeval import ZOO_LM_EVAL_TASKS, ModelopsLM
@@ -292,7 +301,7 @@ def run_lm_eval(
     paths = [str(include_path)] if include_path else []
     if any(t in ZOO_LM_EVAL_TASKS for t in tasks):
         paths.append(str(zoo_lm_eval_tasks(zoo)))
-    manager = TaskManager(include_path=paths or None)
+    manager = lm_eval_task_manager(tuple(paths))
     run, dev = LmEvalRun(), pick_device(device)
     for name, system in systems.items():
         decoder = system.build(dev)

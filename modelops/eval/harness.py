@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelops.decode.spec import check_schedule, renamed
+from modelops.decode.spec import check_dlf_mode, check_schedule, renamed
 from modelops.errors import RecipeError
 from modelops.eval.metrics import summarize
 from modelops.eval.processes import distributed_state
@@ -162,6 +162,9 @@ def system_from_dict(data: dict[str, Any], *, name: str, where: str, base: Path,
         spec.dlf_grid = [float(a) for a in data["dlf_grid"]]
     if data.get("dlf_bounds") is not None:
         spec.dlf_bounds = [(float(lo), float(hi)) for lo, hi in data["dlf_bounds"]]
+    if data.get("dlf_mode") is not None:
+        spec.dlf_mode = str(data["dlf_mode"])
+        check_dlf_mode(spec.dlf_mode)
     if spec.rule != "single" and (not spec.small_base or not spec.experts):
         raise RecipeError(f"{where}: rule {spec.rule} needs small_base and at least one expert")
     spec.fusion_rule().coefficients(len(spec.experts))  # validates the rule name and weights now
