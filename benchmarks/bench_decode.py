@@ -1,6 +1,9 @@
 """Benchmark: fused decoding vs the sum of each model's own cached decode, and DLF's weight search vs a step.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_decode.py            # ~40M large, ~4M smalls, vocab 32000
+    OMP_NUM_THREADS=1 python benchmarks/bench_decode.py --shape real --batches 1,8 --new-tokens 64 --repeats 3
+        # a 135M Llama's shape (hidden 576, 30 layers, 9 heads / 3 KV heads, vocab 49152, tied embeddings) as the
+        # large model, and two 6-layer cuts of it as the small pair
 
 From-config Llamas (no download). Greedy, --new-tokens tokens, no early stop, at batch 1 and 16, all in one run:
 - floor: each model's own greedy loop with its KV cache (prefill, then one cached forward + argmax per token),
@@ -26,7 +29,7 @@ import torch
 from modelops.transformers_compat import cache_keyword
 
 
-def llama(hidden: int, layers: int, inter: int, vocab: int, seed: int):
+def llama(hidden: int, layers: int, inter: int, vocab: int, seed: int, kv_heads: int | None = None, tied: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -36,13 +39,28 @@ def llama(hidden: int, layers: int, inter: int, vocab: int, seed: int):
         intermediate_size=inter,
         num_hidden_layers=layers,
         num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 64),
+        num_key_value_heads=kv_heads or max(1, hidden // 64),
         max_position_embeddings=1024,
         eos_token_id=2,
         bos_token_id=1,
         pad_token_id=0,
+        tie_word_embeddings=tied,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def cut(large, layers: int, seed: int, noise: float = 0.0):
+    """The first `layers` layers of `large` (with its embeddings, final norm and head) as a model of its own; `noise`
+    perturbs every weight (an expert that differs from the base)."""
+    small = llama(large.config.hidden_size, layers, large.config.intermediate_size, large.config.vocab_size, seed,
+                  large.config.num_key_value_heads, large.config.tie_word_embeddings)  # fmt: skip
+    small.load_state_dict(large.state_dict(), strict=False)
+    if noise:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in small.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * noise)
+    return small.eval()
 
 
 def tokenizer_for_vocab(n: int):
@@ -187,6 +205,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=5, help="rounds; each runs every approach once")
+    ap.add_argument("--shape", choices=("small", "real"), default="small",
+                    help="small: 40M / 4M models; real: a 135M Llama's shape and two 6-layer cuts of it")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -199,9 +219,14 @@ def main() -> None:
     kernel = native.library()  # built (or loaded from the cache) before anything is timed
     print(f"DLF search: {'native kernel' if kernel else 'eager torch passes (no C compiler, or MODELOPS_NATIVE=0)'}")
 
-    large = llama(512, 2, 1536, args.vocab, 0)
-    base = llama(64, 2, 256, args.vocab, 1)
-    expert = llama(64, 2, 256, args.vocab, 2)
+    if args.shape == "real":
+        args.vocab = 49152
+        large = llama(576, 30, 1536, args.vocab, 0, kv_heads=3, tied=True)
+        base, expert = cut(large, 6, 1), cut(large, 6, 2, noise=0.01)
+    else:
+        large = llama(512, 2, 1536, args.vocab, 0)
+        base = llama(64, 2, 256, args.vocab, 1)
+        expert = llama(64, 2, 256, args.vocab, 2)
     print(f"large {n_params(large):.1f}M params, small base / expert {n_params(base):.1f}M, vocab {args.vocab}")
     tok = tokenizer_for_vocab(args.vocab)
     members = [

@@ -131,7 +131,9 @@ def correctness(args: argparse.Namespace, dtype: torch.dtype, shapes: dict) -> l
         )
         worst = max(worst, float((torch.tensor(lps) - want[:, 0].cpu()).abs().max()))
     tol = 1e-4 if dtype == torch.float32 else 5e-2
-    rows.append(("weight-0 scores = log_softmax of a full forward", f"max abs Δ {worst:.2e} (tol {tol:g})", worst <= tol))
+    rows.append(
+        ("weight-0 scores = log_softmax of a full forward", f"max abs Δ {worst:.2e} (tol {tol:g})", worst <= tol)
+    )
     rows.append(merge_check(args, shapes))
     return rows
 

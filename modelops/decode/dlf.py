@@ -28,7 +28,7 @@ import torch
 from modelops.decode.native import NativePlan, enabled, usable
 from modelops.decode.native import search as native_search
 
-BLOCK_ELEMS = 1 << 16  # about this many floats per (rows, V) buffer of a block
+BLOCK_ELEMS = 1 << 16  # about this many floats per (rows, V) buffer of a CPU block (off the CPU: one block)
 CHUNK_ELEMS = 1 << 24  # at most this many floats in the buffers kept between calls (64 MB); more rows go in turns
 TINY = 1e-30  # a tilted row sum below this has lost its terms to underflow
 SAFE_TOP = 40.0  # larger logits are shifted before the tilts are exponentiated
@@ -179,7 +179,6 @@ class DlfSearch:
             parts = [self._eager([c[i : i + chunk] for c in comps], fuse) for i in range(0, n_rows, chunk)]
             fused = torch.cat([p[2] for p in parts]) if fuse else None  # type: ignore[misc]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), fused
-        # CPU: blocks that stay in cache; elsewhere (GPU) one block, since each block costs launches and host syncs
         step = self.block_rows or (max(1, BLOCK_ELEMS // width) if comps[0].device.type == "cpu" else n_rows)
         values = self.workspace.get("values", (n_rows, 1 + 2 * n_exp, width), comps[0], ones_row=True)
         sums = comps[0].new_empty(n_rows, 2 + n_exp, 1 + 2 * n_exp)
