@@ -21,7 +21,7 @@ from modelops.decode.overlap import Overlap
 from modelops.decode.rules import eft_coefficients, fixed_coefficients, fuse_components
 from modelops.decode.sampling import SamplingConfig, prompt_key
 from modelops.decode.spec import check_dlf_mode
-from modelops.decode.types import SEARCH_RULES, Generation
+from modelops.decode.types import SEARCH_RULES, Generation, RowResults
 from modelops.decode.vocab import aligned_components, check_shared_vocabulary, stop_token_ids
 from modelops.devices import input_device
 from modelops.errors import ModelopsError
@@ -225,21 +225,14 @@ class LockstepDecoder:
         row_ids = list(ids) if ids is not None else list(range(len(prompts)))
         keys = [prompt_key(sampling.seed, i) for i in row_ids] if sampling.seed is not None else None
         stats: dict[str, Any] = {}
-        made: dict[int, Generation] = {}  # each row's Generation, built once (decoding its text is not free)
-
-        def generation(k: int, out: RowOutput) -> Generation:
-            if k not in made:
-                made[k] = self._to_generation(row_ids[k], out)
-            return made[k]
-
-        on_row = (lambda k, out: on_generation(generation(k, out))) if on_generation else None
+        results = RowResults(lambda k, out: self._to_generation(row_ids[k], out), on_generation)
         outs = lockstep_generate(
             self.runners(), self.fuse, self._prompt_ids(prompts), sampling, stopper, self.pad_id, None,
             overlap=self.overlap, rows=batch_size, refill=continuous, on_done=on_batch, stats=stats, row_keys=keys,
-            on_row=on_row,
+            on_row=results.on_row,
         )  # fmt: skip
         self.last_stats = stats
-        return [generation(k, out) for k, out in enumerate(outs)]
+        return results.ordered(outs)
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str], *, batch_size: int = 8) -> list[list[float]]:
         """Teacher-forced fused log-probs of each continuation's tokens (continuations tokenized on their own)."""

@@ -159,11 +159,3 @@ def row_uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """One uniform in [0, 1) per row, float64: a hash of the row's prompt key and its token position."""
     z = mix64(mix64(keys) + steps)
     return _shr(z, 11).to(torch.float64) * (2.0**-53)
-
-
-def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
-    if seed is None:
-        return None
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen

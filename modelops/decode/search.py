@@ -38,7 +38,7 @@ from modelops.decode.models import Member
 from modelops.decode.overlap import Overlap, run_all
 from modelops.decode.sampling import SamplingConfig, first_argmax, prompt_key, row_uniforms, sample_rows, warp
 from modelops.decode.textsync import Detok, SmallSide, detok_push, shares_vocabulary
-from modelops.decode.types import Generation
+from modelops.decode.types import Generation, RowResults
 from modelops.decode.vocab import align, stop_token_ids
 from modelops.errors import ModelopsError
 from modelops.runtime.generate import left_pad
@@ -358,19 +358,15 @@ def run_search(
     else:
         shape = {"beam_width": rule.beam_width, "successors": rule.successors, "chunk_len": rule.chunk_len}
     stats: dict[str, Any] = {}
-    made: dict[int, Generation] = {}
-
-    def generation(k: int, r: SearchResult) -> Generation:
-        if k not in made:
-            made[k] = Generation(
-                id=ids[k] if ids is not None else k, text=r.text, num_tokens=r.num_tokens,
-                finish_reason=r.finish_reason, score=r.score, token_ids=r.token_ids,
-            )  # fmt: skip
-        return made[k]
-
-    on_result = (lambda k, r: on_generation(generation(k, r))) if on_generation else None
+    gens = RowResults(
+        lambda k, r: Generation(
+            id=ids[k] if ids is not None else k, text=r.text, num_tokens=r.num_tokens,
+            finish_reason=r.finish_reason, score=r.score, token_ids=r.token_ids,
+        ),
+        on_generation,
+    )  # fmt: skip
     results = chunk_beam_search(
         large, base, expert, prompts, sampling=sampling, batch_size=batch_size, stats=stats,
-        on_batch=on_batch, overlap=decoder.overlap, continuous=continuous, ids=ids, on_result=on_result, **shape,
+        on_batch=on_batch, overlap=decoder.overlap, continuous=continuous, ids=ids, on_result=gens.on_row, **shape,
     )  # fmt: skip
-    return [generation(k, r) for k, r in enumerate(results)], stats
+    return gens.ordered(results), stats

@@ -49,7 +49,7 @@ from modelops.decode.sampling import (
     warp,
 )
 from modelops.decode.spec import check_schedule
-from modelops.decode.types import Generation
+from modelops.decode.types import Generation, RowResults
 from modelops.decode.vocab import align
 from modelops.errors import ModelopsError
 from modelops.runtime.runner import Runner
@@ -354,21 +354,14 @@ def speculative_generate(
     keys = [prompt_key(sampling.seed, i) for i in row_ids] if sampling.seed is not None else None
     stopper = StopChecker(decoder.stop_ids, sampling.stop, decoder.tokenizer, sampling.max_new_tokens)
     stats = SpeculativeStats(draft_len=draft_len)
-    made: dict[int, Generation] = {}
-
-    def generation(j: int, out: RowOutput) -> Generation:
-        if j not in made:
-            made[j] = decoder._to_generation(row_ids[j], out)
-        return made[j]
-
-    on_row = (lambda j, out: on_generation(generation(j, out))) if on_generation else None
+    results = RowResults(lambda j, out: decoder._to_generation(row_ids[j], out), on_generation)
     start = time.perf_counter()
     outs = speculative_lockstep(
         decoder.runners(), decoder.fuse, decoder.width, decoder._prompt_ids(prompts), sampling, stopper,
         decoder.pad_id, draft_len, None, stats, decoder.overlap, schedule, rows=batch_size, refill=continuous,
-        on_done=on_batch, row_keys=keys, on_row=on_row,
+        on_done=on_batch, row_keys=keys, on_row=results.on_row,
     )  # fmt: skip
-    results = [generation(j, out) for j, out in enumerate(outs)]
+    gens = results.ordered(outs)
     stats.seconds = time.perf_counter() - start
     stats.finish()
     logger.info(
@@ -380,4 +373,4 @@ def speculative_generate(
         stats.mean_draft_len,
         stats.rounds,
     )
-    return results, stats
+    return gens, stats
