@@ -49,34 +49,34 @@ class Runner:
             return DynamicCache()
         return growing_cache(self.model)
 
-    @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
-        """Run left-padded prompts (B, T); return the last position's logits (B, W), or all (B, T, W)."""
-        input_ids = self._embeddable(input_ids.to(self.device))
+    def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Left-padded rows on this model's device: (ids, mask, positions counted from each row's first token)."""
         mask = attention_mask.to(self.device, torch.long)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self._embeddable(input_ids.to(self.device)), mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run left-padded prompts (B, T) into a new cache; return the last position's logits (B, W)."""
+        input_ids, mask, positions = self._inputs(input_ids, attention_mask)
         self.cache = self._new_cache()
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=0 if all_logits else 1,
+            logits_to_keep=1,
             **{self.cache_kw: self.cache},
         )  # the cache is filled in place
         self.mask = mask
         self.next_pos = mask.sum(-1)
         self.dense = bool(mask.all())
-        logits = out.logits.float()
-        return logits if all_logits else logits[:, -1]
+        return out.logits.float()[:, -1]
 
     def tail_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
         """Logits of the last `keep` positions of left-padded rows (B, keep, W), in the model's dtype, with no cache:
         teacher-forced scoring needs neither the keys and values nor the prompt's logits (a (B, T, V) float32 copy of
         them is what fills a GPU first)."""
-        input_ids = self._embeddable(input_ids.to(self.device))
-        mask = attention_mask.to(self.device, torch.long)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = self._inputs(input_ids, attention_mask)
         self.reset()
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
