@@ -96,8 +96,9 @@ def fuse_decode(
                           progress=progress, on_row=sink.add)  # fmt: skip
         run.stats["resumed_rows"] = len(rows) - len(todo)
         run.rows = sink.finish([r["id"] for r in rows])
-    if spec.rule == "dlf" and not score and alpha_trace_png(run.rows, alpha_trace_path(Path(out))):
-        run.stats["alpha_trace"] = str(alpha_trace_path(Path(out)))
+    picture = alpha_trace_png(run.rows, alpha_trace_path(Path(out))) if spec.rule == "dlf" and not score else None
+    if picture is not None:
+        run.stats["alpha_trace"] = str(picture)
     return run
 
 

@@ -200,6 +200,7 @@ class SpeculativeBatch:
             tests = self._uniforms(self.live[:, None], emitted[:, None] + torch.arange(k), ACCEPT)
             n_acc = sampled_prefix(p, q, drafts_t, self.generator, tests)
         n_acc = torch.minimum(n_acc, cut_d)  # a row's drafts past its own length do not count
+        n_host = n_acc.cpu()  # one copy to the host a round: the keyed draws, the schedule and the outputs use it
         all_accepted = n_acc == k
         bonus = bonus_weights = None
         if bool(all_accepted.any()):
@@ -209,18 +210,18 @@ class SpeculativeBatch:
             nxt = greedy_next(best, n_acc, bonus)
         else:
             bonus_p = warp(bonus, self.sampling).softmax(-1) if bonus is not None else None
-            draws = self._uniforms(self.live, emitted + n_acc.cpu(), EMIT)
+            draws = self._uniforms(self.live, emitted + n_host, EMIT)
             nxt = sampled_next(p, q, n_acc, bonus_p, self.generator, cut_d, draws)
         if bonus_weights is not None:  # dlf: the α chosen at the bonus position too
             weights = bonus_weights if weights is None else torch.cat([weights, bonus_weights], dim=1)
         self.stats.rounds += 1
         self.stats.row_rounds += b
         self.stats.drafted += int(cut.sum())
-        self.stats.accepted += int(n_acc.sum())
+        self.stats.accepted += int(n_host.sum())
         self.stats.bonus_steps += int(bonus is not None)
-        adapted = next_draft_len(self.row_k, n_acc.cpu() == cut, self.schedule)
+        adapted = next_draft_len(self.row_k, n_host == cut, self.schedule)
         self.row_k = torch.where(cut > 0, adapted, self.row_k)  # a round with no room to draft teaches nothing
-        n_cpu, drafts_cpu, nxt_cpu = n_acc.tolist(), drafts_t.tolist(), nxt.tolist()
+        n_cpu, drafts_cpu, nxt_cpu = n_host.tolist(), drafts_t.tolist(), nxt.tolist()
         done = []
         for j in range(b):
             tokens = [*drafts_cpu[j][: n_cpu[j]], nxt_cpu[j]]
