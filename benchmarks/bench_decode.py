@@ -167,7 +167,10 @@ def dlf_cost(batch: int, vocab: int, reps: int, experts: int = 1) -> tuple[float
     ze = [zb + 0.3 * torch.randn(batch, vocab, generator=g) for _ in range(experts)]
     cands = dlf_candidates([round(0.1 * i, 1) for i in range(21)], experts)
     timed = []
-    for search in (DlfSearch(cands), DlfSearch(cands, use_native=False)):  # one per decode: kernel, eager passes
+    for search in (
+        DlfSearch(cands, use_native=True),
+        DlfSearch(cands, use_native=False),
+    ):  # one per decode: kernel, eager passes
         search(zl, zb, ze)
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -217,7 +220,8 @@ def main() -> None:
     from modelops.decode.models import Member
 
     kernel = native.library()  # built (or loaded from the cache) before anything is timed
-    print(f"DLF search: {'native kernel' if kernel else 'eager torch passes (no C compiler, or MODELOPS_NATIVE=0)'}")
+    used = "native kernel" if kernel and native.enabled() else "eager torch passes (the kernel: MODELOPS_NATIVE=1)"
+    print(f"fused DLF's search: {used}")
 
     if args.shape == "real":
         args.vocab = 49152

@@ -24,5 +24,5 @@ rm -f "$log"
 .venv/bin/python -c "
 import modelops.cli.main, torch
 from modelops.decode import native
-kernel = 'DLF kernel built' if native.library() else 'no C compiler: DLF uses its eager torch search'
+kernel = 'DLF kernel built (used with MODELOPS_NATIVE=1)' if native.library() else 'no C compiler: DLF uses its eager torch search'
 print(f'modelops ready (torch {torch.__version__}; {kernel})')"

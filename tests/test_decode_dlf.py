@@ -246,7 +246,7 @@ def check_kernel_against_eager(n_experts: int) -> None:
     zl, zb = randn(0, rows, vocab, 1.0) * scale, randn(1, rows, vocab, 1.0) * scale
     experts = [zb + randn(2 + t, rows, vocab, 0.4 + 0.3 * t) for t in range(n_experts)]
     cands = dlf_candidates(RAGGED, n_experts)
-    w_native, obj_native, fused_native = DlfSearch(cands)(zl, zb, experts, fuse=True)
+    w_native, obj_native, fused_native = DlfSearch(cands, use_native=True)(zl, zb, experts, fuse=True)
     w_eager, obj_eager, fused_eager = DlfSearch(cands, use_native=False)(zl, zb, experts, fuse=True)
     assert torch.equal(w_native, w_eager)
     assert torch.equal(torch.isfinite(obj_native), torch.isfinite(obj_eager))  # the same points evaluated
@@ -259,7 +259,7 @@ def test_logits_the_kernel_refuses_go_to_the_eager_passes():
     zl, zb = randn(0, 3, 50, 2.0), randn(1, 3, 50, 2.0)
     ze = zb + randn(2, 3, 50, 0.5)
     zl[1, 7] = float("nan")
-    search = DlfSearch(dlf_candidates(UNIFORM, 1))
+    search = DlfSearch(dlf_candidates(UNIFORM, 1), use_native=True)
     assert search.native and native.search([zl, zb, ze], search.plan) is None  # a NaN: refused
     got = search(zl, zb, [ze])
     eager = DlfSearch(dlf_candidates(UNIFORM, 1), use_native=False)(zl, zb, [ze])
@@ -282,6 +282,10 @@ def test_kernel_is_built_once_into_the_cache_and_a_failed_build_falls_back(tmp_p
         assert native.library() is None and "eager torch passes" in caplog.text
         zl, zb = randn(0, 2, 30, 2.0), randn(1, 2, 30, 2.0)
         assert not native.usable([zl, zb, zb])
+        monkeypatch.delenv("MODELOPS_NATIVE", raising=False)
+        assert not DlfSearch(dlf_candidates(UNIFORM, 1)).native  # opt-in
+        monkeypatch.setenv("MODELOPS_NATIVE", "1")
+        assert DlfSearch(dlf_candidates(UNIFORM, 1)).native
         monkeypatch.setenv("MODELOPS_NATIVE", "0")
         assert not DlfSearch(dlf_candidates(UNIFORM, 1)).native
     finally:

@@ -14,8 +14,9 @@ Two evaluations per row and direction usually replace the whole grid, and the ar
 
 Cost: every normaliser, mean and second moment comes from one batched matmul of the shifted exponentials
 [P, Q, Q_1…] against [1, d_1…, d_1²…], and each evaluation from one matmul of e^{log P + α d} against [1, d…];
-rows go in blocks small enough that a block's buffers stay in CPU cache. That is this module's eager torch search
-(GPU, no C compiler, MODELOPS_NATIVE=0); on CPU the same search runs row by row in the C kernel of `native`.
+rows go in blocks small enough that a block's buffers stay in CPU cache. That is this module's eager torch search,
+the default. With MODELOPS_NATIVE=1 on CPU the same search runs row by row in the C kernel of `native`: it pays
+on small models, where the search is a large share of a step, and not at real shapes (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -143,16 +144,17 @@ class _Moments:
 class DlfSearch:
     """DLF's per-step search over one candidate set (`dlf_candidates`); keep one per decode and call it each step.
 
-    `use_native`: use the C kernel (`modelops.decode.native`) where it can run (the default), or never (False)."""
+    `use_native`: use the C kernel (`modelops.decode.native`) where it can run (True), never (False), or as
+    MODELOPS_NATIVE says (None: off unless it is 1)."""
 
-    def __init__(self, candidates: torch.Tensor, block_rows: int | None = None, use_native: bool = True) -> None:
+    def __init__(self, candidates: torch.Tensor, block_rows: int | None = None, use_native: bool | None = None) -> None:
         self.candidates = candidates
         self.directions = _directions(candidates)
         zero = [c for c, row in enumerate(candidates.tolist()) if not any(row)]
         self.zero_column = zero[0] if zero else None
         self.block_rows = block_rows
         self.workspace = _Workspace()
-        self.native = use_native and enabled()
+        self.native = enabled() if use_native is None else use_native
         self.plan = NativePlan(candidates, self.directions, self.zero_column) if self.native else None
 
     def __call__(
@@ -395,7 +397,7 @@ def dlf_weights(
     base: torch.Tensor,
     experts: list[torch.Tensor],
     candidates: torch.Tensor,
-    use_native: bool = True,
+    use_native: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the candidate weight vector minimising DLF's objective: (weights (B, T), objective (B, C))."""
     weights, objective, _ = DlfSearch(candidates, use_native=use_native)(large, base, experts)
