@@ -14,7 +14,7 @@ from modelops.cli.main import app
 from modelops.decode import CoDecoder, FusionRule, SamplingConfig
 from modelops.decode.models import Member
 from modelops.devices import input_device
-from modelops.runtime.models import load_causal_lm
+from modelops.runtime.models import load_causal_lm, memory_beside, weight_bytes
 
 # the embedding, the first layer and the head on disk (their weights are `meta` in the model), the rest on the CPU
 EMBEDDING_ON_DISK = {
@@ -73,3 +73,21 @@ def test_cli_device_map_auto_writes_the_same_results(decode_family, tmp_path):
         assert res.exit_code == 0, res.output
         rows.append([json.loads(line) for line in out.read_text().splitlines()])
     assert rows[0] == rows[1]
+
+
+def test_the_device_map_leaves_room_for_the_small_models_on_their_device():
+    available = {0: 80 << 30, 1: 80 << 30, "cpu": 100 << 30}
+    assert memory_beside(available, 5 << 30, "cuda") == {0: 75 << 30, 1: 80 << 30, "cpu": 100 << 30}
+    assert memory_beside(available, 5 << 30, "cuda:1") == {0: 80 << 30, 1: 75 << 30, "cpu": 100 << 30}
+    assert memory_beside(available, 5 << 30, "cpu")["cpu"] == 95 << 30
+    assert memory_beside(available, 90 << 30, "cuda")[0] == 0  # nothing left: the map must go elsewhere
+    assert memory_beside({"cpu": 1}, 5, "mps") == {"cpu": 1}  # a device accelerate did not list: unchanged
+
+
+def test_weight_bytes_are_what_the_loaded_model_holds(decode_family):
+    for key in ("base", "expert"):
+        model = AutoModelForCausalLM.from_pretrained(decode_family[key])
+        held = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}  # tied weights once
+        assert weight_bytes(str(decode_family[key])) == sum(held.values())
+        numel = sum(p.numel() for p in {p.data_ptr(): p for p in model.parameters()}.values())
+        assert weight_bytes(str(decode_family[key]), "bfloat16") == 2 * numel

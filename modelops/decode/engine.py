@@ -25,13 +25,14 @@ from modelops.decode.types import SEARCH_RULES, Generation, RowResults
 from modelops.decode.vocab import aligned_components, check_shared_vocabulary, stop_token_ids
 from modelops.devices import input_device
 from modelops.errors import ModelopsError
-from modelops.runtime.models import load_causal_lm
+from modelops.runtime.models import load_causal_lm, memory_beside, weight_bytes
 from modelops.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)
 
 LOGIT_RULES = ("single", "eft", "proxy", "fixed", "dlf")
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(21)]
+SMALL_MODEL_HEADROOM = 1.25  # the small models' weights, plus a quarter for their KV caches and activations
 D = TypeVar("D", bound="LockstepDecoder")
 
 
@@ -160,6 +161,12 @@ class LockstepDecoder:
         if small_base:
             specs.append(("base", small_base))
         specs += [("expert", e) for e in experts]
+        max_memory = None
+        if device_map and len(specs) > 1:  # room for the small models on their device, kept out of the map
+            from accelerate.utils import get_max_memory
+
+            small = sum(weight_bytes(spec, dtype, allow_pickle=allow_pickle) for _, spec in specs[1:])
+            max_memory = memory_beside(get_max_memory(), int(small * SMALL_MODEL_HEADROOM), device)
         members = []
         for role, spec in specs:
             model, tok = load_causal_lm(
@@ -167,6 +174,7 @@ class LockstepDecoder:
                 device=device,
                 dtype=dtype,
                 device_map=device_map if role == "large" else None,
+                max_memory=max_memory if role == "large" else None,
                 allow_pickle=allow_pickle,
                 trust_remote_code=trust_remote_code,
             )
