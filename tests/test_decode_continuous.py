@@ -53,11 +53,13 @@ def test_a_long_continuous_run_keeps_its_cache_short_and_decodes_like_transforme
     """Rows that join are left-padded to the running batch's length; once the rows that set it have left, that
     padding is cropped, so the cache stays near the longest live row instead of growing for the whole run."""
     widest = {"slots": 0}
+    buffers = set()
 
     class Watched(Runner):
         def step(self, tokens: torch.Tensor) -> torch.Tensor:
             assert self.mask is not None
             widest["slots"] = max(widest["slots"], self.mask.shape[1])
+            buffers.add((self.name, self.cache.layers[0]._keys.data_ptr()))
             return super().step(tokens)
 
     texts, max_new = prompts(24, seed=8), 24
@@ -73,6 +75,8 @@ def test_a_long_continuous_run_keeps_its_cache_short_and_decodes_like_transforme
     assert stats["admissions"] >= 8 and stats["steps"] > 3 * max_new  # a run far longer than any row
     longest_row = max(len(p) for p in dec._prompt_ids(texts)[0]) + max_new
     assert widest["slots"] <= longest_row * 4 // 3 + 1
+    # each model's cache is allocated once for the whole run: 8+ admissions and 24 rows leaving reuse it
+    assert sorted(name for name, _ in buffers) == sorted(r.name for r in runners)
 
 
 @pytest.mark.parametrize("longer", ["new rows", "running rows"])

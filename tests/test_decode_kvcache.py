@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
@@ -14,8 +15,10 @@ def kv(seed: int, batch: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(batch, 2, tokens, 8, generator=g), torch.randn(batch, 2, tokens, 8, generator=g)
 
 
-def test_growing_layer_matches_dynamic_layer_through_appends_crops_and_row_selection():
-    ours, theirs = GrowingLayer(), DynamicLayer()
+@pytest.mark.parametrize("room", [(0, 0), (4, 200)])
+def test_growing_layer_matches_dynamic_layer_through_appends_crops_and_row_selection(room):
+    ours, theirs = GrowingLayer(room), DynamicLayer()
+    buffers = set()
     ops = [
         ("update", kv(0, 3, 5)),
         *[("update", kv(i, 3, 1)) for i in range(1, MIN_ROOM + 3)],  # past the first buffer: it must grow
@@ -39,6 +42,11 @@ def test_growing_layer_matches_dynamic_layer_through_appends_crops_and_row_selec
             theirs.batch_select_indices(arg)
         assert ours.get_seq_length() == theirs.get_seq_length()
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        buffers.add(ours._keys.data_ptr())
+    if room != (0, 0):  # every op fits in the room asked for: one allocation throughout
+        assert len(buffers) == 1 and ours._keys.shape[0] == 4 and ours._keys.shape[-2] == 200
+    else:
+        assert len(buffers) > 1  # without room, appends past MIN_ROOM and the repeated rows reallocate
 
 
 def test_a_model_decodes_the_same_with_the_growing_cache():

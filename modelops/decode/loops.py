@@ -108,6 +108,8 @@ def lockstep_generate(
     if not n_rows:
         return []
     rows = min(rows or n_rows, n_rows)
+    for runner, ids in zip(runners, prompts, strict=True):  # one KV allocation for the whole decode
+        runner.room = (rows, kv_slots(max(map(len, ids)) + stopper.max_new_tokens, refill and rows < n_rows))
     outputs = [RowOutput() for _ in range(n_rows)]
     queue = list(range(n_rows - 1, -1, -1))  # popped from the end: prompt order
     live: list[int] = []  # the prompt index of each batch row
@@ -152,6 +154,12 @@ def lockstep_generate(
                 runner.select(idx)
             live, tokens = [r for r, d in zip(live, done, strict=True) if not d], tokens[idx.to(tokens.device)]
         logits = run_all([partial(runner.step, tokens) for runner in runners], overlap) if live else []
+
+
+def kv_slots(longest_row: int, joining: bool) -> int:
+    """Cache slots a decode needs: the longest row, or 4/3 of it when rows join a running batch (they are
+    left-padded to its length, and `Runner.select` crops the padding once it is a quarter of the cache)."""
+    return longest_row * 4 // 3 + 1 if joining else longest_row
 
 
 def admit_all(

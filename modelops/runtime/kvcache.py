@@ -3,8 +3,9 @@
 `DynamicLayer.update` is `torch.cat([keys, new])`, so each decoded token rewrites every cached key and value and
 allocates a fresh tensor for it; with several models decoding in lock-step those allocations keep landing on cold
 memory (measured: the concatenations took 28% of a fused batch-16 decode, against 9% of one model's own loop).
-`GrowingLayer` keeps keys and values in buffers with spare room (doubling, like a vector) and hands attention the
-same `[batch, heads, length, head_dim]` views, so appending costs one write of the new token.
+`GrowingLayer` keeps keys and values in buffers with spare room, allocated once for the batch and length a decoder
+asks for (else doubling, like a vector), and hands attention the same `[batch, heads, length, head_dim]` views, so
+appending costs one write of the new token and rows leaving or joining reuse the same memory.
 """
 
 from __future__ import annotations
@@ -21,11 +22,21 @@ REPLACED = tuple(t for t in (DynamicLayer, getattr(cache_utils, "DynamicSlidingW
 
 
 class GrowingLayer(DynamicLayer):
-    """`DynamicLayer` semantics (crop, row selection, beam reorder) over buffers that grow by doubling."""
+    """`DynamicLayer` semantics (crop, row selection, beam reorder) over buffers with spare room.
+
+    `room` = (rows, slots) the buffers are first allocated with: a decoder that knows its batch size and its longest
+    prompt plus new tokens asks for them once, so rows leaving, rows joining and tokens appended all stay inside one
+    allocation. Past that room (or without it) a buffer grows by doubling, like a vector.
+    """
+
+    def __init__(self, room: tuple[int, int] = (0, 0), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.room = room
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         self.length = 0
+        self.rows = 0
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
 
@@ -34,30 +45,54 @@ class GrowingLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        self._reserve(key_states, value_states, end)
+        if self.length and key_states.shape[0] != self.rows:
+            raise ValueError(f"{key_states.shape[0]} rows of new keys for a cache of {self.rows} rows")
+        rows, end = key_states.shape[0], self.length + key_states.shape[-2]
+        self._reserve(key_states, rows, end)
         assert self._keys is not None and self._values is not None
-        self._keys[..., self.length : end, :] = key_states
-        self._values[..., self.length : end, :] = value_states
+        self._keys[:rows, ..., self.length : end, :] = key_states
+        self._values[:rows, ..., self.length : end, :] = value_states
+        self.rows = rows
         self._set_length(end)
         return self.keys, self.values
 
-    def _reserve(self, key_states: torch.Tensor, value_states: torch.Tensor, end: int) -> None:
-        room = 0 if self._keys is None else self._keys.shape[-2]
-        if end <= room and self._keys is not None and self._keys.shape[0] == key_states.shape[0]:
+    def _reserve(self, like: torch.Tensor, rows: int, end: int) -> None:
+        """Buffers with room for `rows` rows and `end` slots, keeping the live rows' slots."""
+        have_rows, have_slots = (0, 0) if self._keys is None else (self._keys.shape[0], self._keys.shape[-2])
+        if rows <= have_rows and end <= have_slots:
             return
-        size = max(end + MIN_ROOM, 2 * room)
-        keys = key_states.new_empty((*key_states.shape[:-2], size, key_states.shape[-1]))
-        values = value_states.new_empty((*value_states.shape[:-2], size, value_states.shape[-1]))
-        if self.length:
-            keys[..., : self.length, :] = self.keys
-            values[..., : self.length, :] = self.values
+        slots = have_slots if end <= have_slots else max(end + MIN_ROOM, 2 * have_slots, self.room[1])
+        shape = (max(rows, have_rows, self.room[0]), *like.shape[1:-2], slots, like.shape[-1])
+        keys, values = like.new_empty(shape), like.new_empty(shape)
+        if self.length and self.rows:
+            keys[: self.rows, ..., : self.length, :] = self.keys
+            values[: self.rows, ..., : self.length, :] = self.values
         self._keys, self._values = keys, values
 
     def _set_length(self, length: int) -> None:
         assert self._keys is not None and self._values is not None
         self.length = length
-        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+        self.keys = self._keys[: self.rows, ..., :length, :]
+        self.values = self._values[: self.rows, ..., :length, :]
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Make (B, H, S, D) `keys` and `values` this layer's whole state, inside its buffers when they have room."""
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values)
+        self.length = 0  # nothing to keep: the new state replaces every slot
+        self.rows = 0
+        self._reserve(keys, keys.shape[0], keys.shape[-2])
+        assert self._keys is not None and self._values is not None
+        self._keys[: keys.shape[0], ..., : keys.shape[-2], :] = keys
+        self._values[: keys.shape[0], ..., : keys.shape[-2], :] = values
+        self.rows = keys.shape[0]
+        self._set_length(keys.shape[-2])
+
+    def empty(self) -> None:
+        """Forget every row and slot, keeping the buffers for the next batch."""
+        self.length = self.rows = 0
+        if self._keys is not None:
+            self._set_length(0)
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:  # the legacy absolute form, refused as transformers refuses it
@@ -69,12 +104,11 @@ class GrowingLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized and self._keys is not None and self._values is not None:
             indices = indices.to(self._keys.device)
-            self._keys, self._values = self._keys[indices], self._values[indices]
-            self._set_length(self.length)
+            self.write(self.keys[indices], self.values[indices])  # the gathered rows, back into the same buffers
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized and self._keys is not None:
-            self.batch_select_indices(torch.arange(self._keys.shape[0]).repeat_interleave(repeats))
+            self.batch_select_indices(torch.arange(self.rows).repeat_interleave(repeats))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
@@ -82,11 +116,12 @@ class GrowingLayer(DynamicLayer):
     def reset(self) -> None:
         super().reset()
         self.length = 0
+        self.rows = 0
         self._keys = self._values = None
 
 
-def growing_cache(model: Any) -> Any:
-    """A `DynamicCache` for `model` whose layers append in place.
+def growing_cache(model: Any, room: tuple[int, int] = (0, 0)) -> Any:
+    """A `DynamicCache` for `model` whose layers append in place, first allocated for `room` = (rows, slots).
 
     Sliding-window layers become full ones too: the attention masks still apply the window (transformers builds
     them from the config), and a full layer can be cropped and have its slots reordered at any length, which
@@ -100,8 +135,19 @@ def growing_cache(model: Any) -> Any:
         return DynamicCache()
     layers = getattr(cache, "layers", None)
     if layers:
-        cache.layers = [GrowingLayer() if type(layer) in REPLACED else layer for layer in layers]
+        cache.layers = [GrowingLayer(room) if type(layer) in REPLACED else layer for layer in layers]
     return cache
+
+
+def emptied(cache: Any) -> bool:
+    """Empty a cache of `GrowingLayer`s for a new batch, keeping its buffers (True); False, untouched, for any
+    other cache."""
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(type(layer) is GrowingLayer for layer in layers):
+        return False
+    for layer in layers:
+        layer.empty()
+    return True
 
 
 def reorder_slots(cache: Any, index: torch.Tensor) -> None:
@@ -115,8 +161,7 @@ def reorder_slots(cache: Any, index: torch.Tensor) -> None:
         full = here[:, None, :, None].expand(*layer.keys.shape[:-1], layer.keys.shape[-1])
         keys, values = layer.keys.gather(2, full), layer.values.gather(2, full)
         if isinstance(layer, GrowingLayer):
-            layer._keys[..., : layer.length, :] = keys
-            layer._values[..., : layer.length, :] = values
+            layer.write(keys, values)
         else:
             layer.keys, layer.values = keys, values
 
@@ -131,9 +176,7 @@ def drop_leading_slots(cache: Any, n: int) -> None:
             raise TypeError(f"cannot drop slots of a {type(layer).__name__} cache layer")
         keys, values = layer.keys[..., n:, :].clone(), layer.values[..., n:, :].clone()
         if isinstance(layer, GrowingLayer):
-            layer._keys[..., : keys.shape[-2], :] = keys
-            layer._values[..., : values.shape[-2], :] = values
-            layer._set_length(keys.shape[-2])
+            layer.write(keys, values)
         else:
             layer.keys, layer.values = keys, values
 
@@ -158,9 +201,7 @@ def append_rows(cache: Any, new: Any) -> None:
         keys = torch.cat([_left_pad(layer.keys, length), _left_pad(other.keys, length)])
         values = torch.cat([_left_pad(layer.values, length), _left_pad(other.values, length)])
         if isinstance(layer, GrowingLayer):
-            layer._keys, layer._values = None, None  # no old rows to keep: _reserve allocates with room to spare
-            layer.length = 0
-            layer.update(keys, values)
+            layer.write(keys, values)
         else:
             layer.keys, layer.values = keys, values
 

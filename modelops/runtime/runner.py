@@ -35,19 +35,23 @@ class Runner:
         self.mask: torch.Tensor | None = None  # (B, S) 1 = attend, 0 = padding or rolled-back slot
         self.next_pos: torch.Tensor | None = None  # (B,) position id of the next token per row
         self.dense = False  # no padding and no holes: the model may skip building a mask
+        self.room = (0, 0)  # (rows, slots) a new cache is allocated for: a decoder that knows its sizes sets it
 
     @property
     def batch_size(self) -> int:
         return 0 if self.mask is None else int(self.mask.shape[0])
 
-    def _new_cache(self) -> Any:
+    def _new_cache(self, room: tuple[int, int] | None) -> Any:
+        """A cache for a new batch: this runner's own one emptied, keeping its memory (`room` None), or a new one."""
         try:
-            from modelops.runtime.kvcache import growing_cache
+            from modelops.runtime.kvcache import emptied, growing_cache
         except ImportError:  # a transformers without per-layer caches (`DynamicLayer`): its own DynamicCache
             from transformers import DynamicCache
 
             return DynamicCache()
-        return growing_cache(self.model)
+        if room is None and self.cache is not None and emptied(self.cache):
+            return self.cache
+        return growing_cache(self.model, self.room if room is None else room)
 
     def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Left-padded rows on this model's device: (ids, mask, positions counted from each row's first token)."""
@@ -55,10 +59,13 @@ class Runner:
         return self._embeddable(input_ids.to(self.device)), mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
     @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Run left-padded prompts (B, T) into a new cache; return the last position's logits (B, W)."""
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, room: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Run left-padded prompts (B, T) into an empty cache (this runner's own, or a new one allocated for `room`);
+        return the last position's logits (B, W)."""
         input_ids, mask, positions = self._inputs(input_ids, attention_mask)
-        self.cache = self._new_cache()
+        self.cache = self._new_cache(room)
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -105,7 +112,7 @@ class Runner:
 
         cache, mask, next_pos = self.cache, self.mask, self.next_pos
         assert mask is not None and next_pos is not None
-        logits = self.prefill(input_ids, attention_mask)  # the new rows alone, in a cache of their own
+        logits = self.prefill(input_ids, attention_mask, room=(0, 0))  # the new rows alone, in a cache of their own
         new_mask, new_pos = self.mask, self.next_pos
         assert new_mask is not None and new_pos is not None
         append_rows(cache, self.cache)
@@ -151,6 +158,7 @@ class Runner:
         # no `ids.max()` test first: that would sync the device every step for a case that is rare
         return ids.masked_fill(ids >= self.input_rows, self.fallback_id)
 
+    @torch.inference_mode()
     def select(self, rows: torch.Tensor) -> None:
         """Keep, reorder or repeat rows (beam search, finished rows leaving the batch)."""
         assert self.mask is not None and self.next_pos is not None
