@@ -169,3 +169,21 @@ def test_a_cache_with_other_layers_is_decoded_in_groups(decode_family):
                              stats=stats)  # fmt: skip
     assert stats["admissions"] == 0
     assert [o.token_ids for o in outs] == [g.token_ids for g in dec.generate(texts, sampling, batch_size=3)]
+
+
+@pytest.mark.parametrize("rule", [FusionRule("eft"), FusionRule("dlf")])
+def test_launching_the_next_step_before_the_stop_checks_changes_no_row(decode_family, rule):
+    """`ahead` (the accelerator order: step t+1 runs before the host reads step t) gives the tokens and DLF
+    weights of the plain order, with rows finishing at different steps and the next prompts joining."""
+    texts, max_new = prompts(7, seed=3), 12
+    dec = fam_decoder(decode_family, rule)
+    stops = {3, *range(7, 96, 9)}
+    runs = []
+    for ahead in (False, True):
+        runners, stats = dec.runners(), {}
+        outs = lockstep_generate(runners, dec.fuse, dec._prompt_ids(texts), SamplingConfig(max_new_tokens=max_new),
+                                 StopChecker(stops, [], dec.tokenizer, max_new), dec.pad_id, rows=3, stats=stats,
+                                 ahead=ahead)  # fmt: skip
+        runs.append(([o.token_ids for o in outs], [o.weights for o in outs], stats["admissions"]))
+    assert runs[0] == runs[1]
+    assert runs[0][2] >= 2 and len({len(t) for t in runs[0][0]}) > 2  # rows joined, and ended at different steps

@@ -93,6 +93,7 @@ def lockstep_generate(
     stats: dict[str, Any] | None = None,
     row_keys: list[int] | None = None,
     on_row: Callable[[int, RowOutput], None] | None = None,
+    ahead: bool | None = None,
 ) -> list[RowOutput]:
     """Decode every prompt, at most `rows` at a time: every model sees its own prompt, then the same fused tokens.
 
@@ -103,6 +104,9 @@ def lockstep_generate(
     `stats` gets steps, admissions (prefills that joined a running batch) and occupancy (live rows ÷ `rows`).
     `row_keys` (one per prompt): sampled rows draw from a stream keyed by the prompt and its token position, not
     by batch position, so a prompt samples the same tokens in any batch. `on_row(i, out)`: prompt i is finished.
+    `ahead` (default: on an accelerator): launch step t+1's forwards before the host reads step t's tokens and
+    checks the stops, so the device computes while Python works; rows that finished then leave with that step's
+    slot. On a CPU nothing runs asynchronously, and a finished row's extra step would only cost time.
     """
     n_rows = len(prompts[0])
     if not n_rows:
@@ -130,8 +134,20 @@ def lockstep_generate(
             steps_done = torch.tensor([len(outputs[r].token_ids) for r in live], dtype=torch.int64)
             uniforms = row_uniforms(keys, steps_done).to(fused.device)
         tokens = choose(fused, sampling, generator, uniforms)
-        tokens_cpu = tokens.tolist()
-        weights_cpu = weights.tolist() if weights is not None else None
+        if ahead is None:
+            ahead = tokens.device.type != "cpu"
+        if ahead:  # the host copies are queued before the forwards, so reading them waits for them only
+            host = [t.to("cpu", non_blocking=True) for t in (tokens, weights) if t is not None]
+            copied = torch.cuda.Event() if tokens.is_cuda else None
+            if copied is not None:
+                copied.record()
+            launched = run_all([partial(runner.step, tokens) for runner in runners], overlap)
+            if copied is not None:
+                copied.synchronize()
+            tokens_cpu, weights_cpu = host[0].tolist(), host[1].tolist() if weights is not None else None
+        else:
+            tokens_cpu = tokens.tolist()
+            weights_cpu = weights.tolist() if weights is not None else None
         done = []
         for j, row in enumerate(live):
             out = outputs[row]
@@ -153,7 +169,12 @@ def lockstep_generate(
             for runner in runners:
                 runner.select(idx)
             live, tokens = [r for r, d in zip(live, done, strict=True) if not d], tokens[idx.to(tokens.device)]
-        logits = run_all([partial(runner.step, tokens) for runner in runners], overlap) if live else []
+            if ahead:
+                launched = [x[idx.to(x.device)] for x in launched]
+        if ahead:
+            logits = launched if live else []
+        else:
+            logits = run_all([partial(runner.step, tokens) for runner in runners], overlap) if live else []
 
 
 def kv_slots(longest_row: int, joining: bool) -> int:
