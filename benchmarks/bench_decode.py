@@ -16,6 +16,8 @@ Ratios: each round runs every approach once; the median over rounds of (time ÷ 
 with its range, so the machine's drift between rounds cancels.
 DLF: time of its weight search per step vs one fused EFT step (on random logits, and inside the DLF decode),
 and a per-α loop (the straightforward implementation) for reference.
+--breakdown: where a step's time goes, from forward hooks on each model: each model's forward per token in its own
+loop and inside the fused EFT loop, and the time outside the forwards (argmax / fusion, cache and Python work).
 """
 
 from __future__ import annotations
@@ -208,6 +210,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=5, help="rounds; each runs every approach once")
+    ap.add_argument("--breakdown", action="store_true", help="also time each model's forwards, own loop vs fused")
     ap.add_argument("--shape", choices=("small", "real"), default="small",
                     help="small: 40M / 4M models; real: a 135M Llama's shape and two 6-layer cuts of it")  # fmt: skip
     args = ap.parse_args()
@@ -288,12 +291,54 @@ def main() -> None:
                 f"         {name:<34} {min(ts):>7.2f}  {statistics.median(ratios):.3f} "
                 f"[{ratios[0]:.3f}, {ratios[-1]:.3f}]"
             )
+        if args.breakdown:
+            breakdown(trio, eft, ids, n, args.repeats)
         steps = [t / n for t in times["modelops eft"]]  # that round's fused EFT step
         print(
             f"         DLF weight search ÷ that round's fused EFT step (median {statistics.median(steps) * 1e3:.1f} ms): "
             f"on random logits {share(search, steps, 1)}; inside the DLF decode {share(search, steps, 0)}; "
             f"eager passes (no kernel) on random logits {share(search, steps, 3)}; a per-α loop {share(search, steps, 2)}"
         )
+
+
+class ForwardClock:
+    """Adds up the wall time of every forward of the models it hooks, per model."""
+
+    def __init__(self, models) -> None:
+        self.spent, self._start = [0.0] * len(models), [0.0] * len(models)
+        for i, m in enumerate(models):
+            m.register_forward_pre_hook(lambda *_, i=i: self._begin(i))
+            m.register_forward_hook(lambda *_, i=i: self._end(i))
+
+    def _begin(self, i: int) -> None:
+        self._start[i] = time.perf_counter()
+
+    def _end(self, i: int) -> None:
+        self.spent[i] += time.perf_counter() - self._start[i]
+
+    def reset(self) -> None:
+        self.spent = [0.0] * len(self.spent)
+
+
+def breakdown(trio, eft, ids: torch.Tensor, n: int, repeats: int) -> None:
+    """Median over rounds of each model's forward ms per token, alone and in the fused loop, and the rest."""
+    clock = ForwardClock(trio)
+    own: list[list[float]] = []  # per round: each model's forward time, then the three loops' time outside them
+    fused: list[list[float]] = []
+    for _ in range(repeats):
+        clock.reset()
+        total = sum(own_decode(m, ids, n, True) for m in trio)
+        own.append([*clock.spent, total - sum(clock.spent)])
+        clock.reset()
+        total = fused_decode(eft, ids.tolist(), n)
+        fused.append([*clock.spent, total - sum(clock.spent)])
+    ms = [(statistics.median(r[k] for r in own) * 1e3 / n, statistics.median(r[k] for r in fused) * 1e3 / n)
+          for k in range(4)]  # fmt: skip
+    labels = ("large forward", "base forward", "expert forward", "outside the forwards")
+    cells = "; ".join(f"{lab} {a:.2f} / {b:.2f} ({b / a:.2f}x)" for lab, (a, b) in zip(labels, ms, strict=True))
+    own_sum, fused_sum = sum(a for a, _ in ms), sum(b for _, b in ms)
+    print(f"         breakdown, ms per token, own loops (in-place cache) / fused EFT: {cells}; "
+          f"total {own_sum:.2f} / {fused_sum:.2f} ({fused_sum / own_sum:.3f}x)")  # fmt: skip
 
 
 def share(search: list[tuple[float, ...]], steps: list[float], k: int) -> str:

@@ -192,3 +192,43 @@ def test_fingerprint_tells_two_fine_tunes_of_one_architecture_apart(llama_family
     assert a.tensors.keys() == b.tensors.keys()  # same layout …
     assert fingerprint_sha256(a) != fingerprint_sha256(b)  # … different weights
     assert fingerprint_sha256(a) == fingerprint_sha256(Checkpoint.open(llama_family["sft"]))
+
+
+def test_the_write_thread_waits_when_its_queue_is_full_and_keeps_the_order(tmp_path) -> None:
+    """Blocks past the byte limit wait for the disk (here a pipe nobody reads yet), then land in order."""
+    import threading
+
+    from modelops.checkpoint.writer import _WriteBehind
+
+    read_end, write_end = os.pipe()
+    pipe = os.fdopen(write_end, "wb", buffering=0)
+    behind = _WriteBehind(limit=100_000)
+    first = torch.arange(200_000, dtype=torch.uint8)  # bigger than the pipe's buffer: the thread blocks on it
+    second = torch.full((10,), 7, dtype=torch.uint8)
+    behind.submit(pipe, memoryview(first.numpy()), first)
+    returned = threading.Event()
+    threading.Thread(target=lambda: (behind.submit(pipe, memoryview(second.numpy()), second), returned.set())).start()
+    assert not returned.wait(0.5)  # 200 kB queued, over the limit: the second block waits
+    got = bytearray()
+    while len(got) < 200_010:
+        got += os.read(read_end, 1 << 16)
+    assert returned.wait(5)
+    behind.drain()
+    behind.stop()
+    pipe.close()
+    os.close(read_end)
+    assert bytes(got) == first.numpy().tobytes() + second.numpy().tobytes()
+
+
+def test_a_failed_write_in_the_thread_is_raised_to_the_caller(tmp_path) -> None:
+    from modelops.checkpoint.writer import _WriteBehind
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"")
+    data = torch.ones(8, dtype=torch.uint8)
+    behind = _WriteBehind()
+    with path.open("rb") as read_only:
+        behind.submit(read_only, memoryview(data.numpy()), data)
+        with pytest.raises(OSError, match="write"):
+            behind.drain()
+    behind.stop()

@@ -199,3 +199,43 @@ def test_methods_with_an_optional_base_take_config_from_the_base(method, llama_f
     assert json.loads((tmp_path / "o" / "config.json").read_text())["modelops_test_marker"] == "base"
     merge(recipe_from_dict({"merge_method": method, "models": models}), tmp_path / "o2")
     assert "modelops_test_marker" not in json.loads((tmp_path / "o2" / "config.json").read_text())
+
+
+def test_ties_written_in_row_blocks_matches_a_whole_tensor_formula(tmp_path: Path) -> None:
+    """A tensor larger than one row block (2^19 entries) is merged and written block by block, its top-k cut
+    applied as each block is rebuilt: the file equals TIES computed on the whole tensor with a stable sort
+    (bf16 inputs, so many equal magnitudes sit at the cut)."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    shape = (1100, 512)
+    base = torch.randn(shape, generator=g).bfloat16()
+    fts = [(base.float() + 0.02 * torch.randint(-3, 4, shape, generator=g)).bfloat16() for _ in range(2)]
+    folders = {}
+    for name, t in {"base": base, "ft1": fts[0], "ft2": fts[1]}.items():
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        save_file({"w": t, "v": t[0].clone()}, folders[name] / "model.safetensors", metadata={"format": "pt"})
+    weights, densities = [1.0, 0.5], [0.4, 0.7]
+    models = [
+        {"model": str(folders[k]), "parameters": {"weight": w, "density": d}}
+        for k, w, d in zip(("ft1", "ft2"), weights, densities, strict=True)
+    ]
+    recipe = {"merge_method": "ties", "base_model": str(folders["base"]), "models": models, "dtype": "float32"}
+    merge(recipe_from_dict(recipe), tmp_path / "out")
+    got = load_file(tmp_path / "out" / "model.safetensors")["w"]
+
+    b = base.double().reshape(-1)
+    weighted = []
+    for t, w, dens in zip(fts, weights, densities, strict=True):
+        delta = t.double().reshape(-1) - b  # bf16 − bf16 is exact in float32 and float64 alike
+        keep = torch.zeros_like(delta, dtype=torch.bool)
+        keep[torch.sort(delta.abs(), descending=True, stable=True).indices[: int(dens * delta.numel())]] = True
+        weighted.append(w * delta * keep)
+    stacked = torch.stack(weighted)
+    elected = torch.where(stacked.sum(0) >= 0, 1.0, -1.0)
+    agree = (torch.sign(stacked) == elected) & (stacked != 0)
+    mass = (stacked * agree).sum(0)
+    weight = (torch.tensor(weights, dtype=torch.float64)[:, None] * agree).sum(0)
+    want = b + mass / torch.where(weight == 0, 1.0, weight)
+    assert torch.allclose(got.double().reshape(-1), want, atol=1e-6, rtol=0)

@@ -4,12 +4,19 @@ The shard layout (names, index) comes from huggingface_hub's shard splitter run 
 matches what transformers writes. Each shard's safetensors header is known before any data is
 computed, so the file is written sequentially — header first, then each tensor's bytes as it is produced — and
 peak memory is one tensor, not one shard. Files produced this way are read back by `safe_open` in the tests.
+
+The bytes go to the file from a background thread (the write call releases the GIL), so the disk writes one
+block while the next is read and computed: at a 7B shape this is what brings a streamed merge near the disk's
+ceiling (docs/benchmarks.md). At most `WRITE_BEHIND_BYTES` wait in the queue (or one larger tensor), and a
+shard is drained before it is fsynced and reported, so a shard reported done is on disk whole.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +42,73 @@ _TORCH_TO_ST = {
     "uint8": "U8",
     "bool": "BOOL",
 }
+
+
+WRITE_BEHIND_BYTES = 64 << 20
+
+
+class _WriteBehind:
+    """One thread that appends queued byte blocks to their files in order; the first error is re-raised to the
+    producer at its next call."""
+
+    def __init__(self, limit: int = WRITE_BEHIND_BYTES) -> None:
+        self._limit = limit
+        self._items: deque[tuple[BinaryIO, memoryview, object]] = deque()
+        self._pending = 0
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="modelops-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, file: BinaryIO, data: memoryview, owner: object) -> None:
+        """Queue `data` for `file`; `owner` (the tensor the bytes live in) is kept alive until written."""
+        with self._cond:
+            while self._items and self._pending + data.nbytes > self._limit and self._error is None:
+                self._cond.wait()
+            self._raise()
+            self._items.append((file, data, owner))
+            self._pending += data.nbytes
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every queued block is in its file."""
+        with self._cond:
+            while self._items and self._error is None:
+                self._cond.wait()
+            self._raise()
+
+    def stop(self) -> None:
+        """End the thread, dropping what is still queued (after an error, or once drained)."""
+        with self._cond:
+            self._stopping = True
+            self._items.clear()
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                file, data, _ = self._items[0]
+            try:
+                file.write(data)
+            except BaseException as exc:  # handed to the producer, which raises it
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._items.popleft()
+                self._pending -= data.nbytes
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -87,8 +161,9 @@ def plan_shards(specs: list[TensorSpec], max_shard_size: int | str) -> dict[str,
 class _ShardFile:
     """One safetensors file written sequentially; tensors must arrive in the planned order."""
 
-    def __init__(self, path: Path, specs: list[TensorSpec], metadata: dict[str, str]) -> None:
+    def __init__(self, path: Path, specs: list[TensorSpec], metadata: dict[str, str], behind: _WriteBehind) -> None:
         self.path = path
+        self._behind = behind
         self.specs = specs
         header: dict[str, object] = {"__metadata__": metadata}
         offset = 0
@@ -108,7 +183,8 @@ class _ShardFile:
         self._partial = 0  # bytes of the current tensor written so far
 
     def write(self, name: str, tensor: torch.Tensor, *, part: bool = False) -> None:
-        """Append a whole tensor, or (part=True) the next block of rows of one; parts must add up exactly."""
+        """Append a whole tensor, or (part=True) the next block of rows of one; parts must add up exactly. The bytes
+        are written later, from the tensor itself: it must not be changed in place afterwards."""
         spec = self.specs[self._next]
         if name != spec.name:
             raise RuntimeError(f"shard writer expected {spec.name!r} next, got {name!r}")
@@ -122,7 +198,7 @@ class _ShardFile:
         if self._partial + nbytes > spec.nbytes:
             raise RuntimeError(f"{name}: more data than planned ({self._partial + nbytes} > {spec.nbytes} bytes)")
         if nbytes:
-            self._file.write(memoryview(flat.view(torch.uint8).numpy()))
+            self._behind.submit(self._file, memoryview(flat.view(torch.uint8).numpy()), flat)
         self._partial += nbytes
         if self._partial == spec.nbytes:
             self._next += 1
@@ -136,6 +212,7 @@ class _ShardFile:
         if self._next != len(self.specs):
             missing = self.specs[self._next].name
             raise RuntimeError(f"{self.path.name}: closed before tensor {missing!r} was written")
+        self._behind.drain()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -168,6 +245,7 @@ class CheckpointWriter:
         self._pos = 0
         self._current: _ShardFile | None = None
         self._current_name: str | None = None
+        self._behind = _WriteBehind()
 
     @property
     def order(self) -> list[TensorSpec]:
@@ -183,7 +261,7 @@ class CheckpointWriter:
         fname, _ = self._queue[self._pos]
         if fname != self._current_name:
             self._close_current()
-            self._current = _ShardFile(self.folder / fname, self.shards[fname], self.metadata)
+            self._current = _ShardFile(self.folder / fname, self.shards[fname], self.metadata, self._behind)
             self._current_name = fname
         assert self._current is not None
         before = self._current.tensors_done
@@ -201,6 +279,7 @@ class CheckpointWriter:
         if self._pos != len(self._queue):
             raise RuntimeError(f"writer closed after {self._pos} of {len(self._queue)} tensors")
         self._close_current()
+        self._behind.stop()
         files = list(self.shards)
         if len(files) > 1:
             index = {
@@ -212,5 +291,6 @@ class CheckpointWriter:
         return files
 
     def abort(self) -> None:
+        self._behind.stop()
         if self._current is not None:
             self._current.abort()

@@ -9,7 +9,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from modelops.checkpoint import CheckpointWriter, copy_support_files
 from modelops.checkpoint.resume import ResumableOutput, plan_key
 from modelops.errors import NumericsError, RecipeError
 from modelops.merge.layers import SourceTensor
+from modelops.merge.methods.blocks import as_rows
 from modelops.merge.params import resolve
 from modelops.merge.plan import MergePlan, TensorPlan
 from modelops.merge.registry import Param, TensorJob
@@ -91,6 +92,31 @@ def compute_block(
         return _load(plan, tp.copy_from, rows), None  # copied as stored (non-float tensors, added-token rows)
     if rows is None and tp.shared_rows is not None:
         rows = (0, tp.shared_rows)
+    job, ref = tensor_job(plan, tp, rows, device)
+    return plan.method.fn(job), ref
+
+
+def streams_blocks(plan: MergePlan, tp: TensorPlan, numel: int) -> bool:
+    """Whether this tensor's merged value is written block by block as the method yields it (whole inputs, but
+    never the whole float32 result and its cast copy): a merged tensor of the method's own rows, not empty."""
+    return plan.method.blocks is not None and tp.merge and not tp.vocab and tp.shared_rows is None and numel > 0
+
+
+def stream_blocks(plan: MergePlan, tp: TensorPlan, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 block of the merged value, the reference's stored values there), in row order."""
+    assert plan.method.blocks is not None
+    job, ref = tensor_job(plan, tp, None, device)
+    ref_rows, start = as_rows(ref), 0
+    for block in plan.method.blocks(job):
+        yield block, ref_rows[start : start + block.shape[0]]
+        start += block.shape[0]
+
+
+def tensor_job(
+    plan: MergePlan, tp: TensorPlan, rows: tuple[int, int] | None, device: torch.device
+) -> tuple[TensorJob, torch.Tensor]:
+    """The method's inputs for one tensor (or block of rows), loaded once each, and the reference's values."""
+    assert tp.copy_from is not None
     cache: dict[tuple[str, str], torch.Tensor] = {}
     if tp.vocab:  # every input's rows put in the merged tokenizer's order first (whole tensors)
         assert plan.vocab is not None
@@ -112,7 +138,7 @@ def compute_block(
         params=global_values(plan, tp),
         seed=plan.recipe.seed,
     )
-    return plan.method.fn(job), load(tp.copy_from)
+    return job, load(tp.copy_from)
 
 
 def _inputs(tp: TensorPlan) -> list[SourceTensor]:
@@ -209,14 +235,20 @@ def run_merge(
             for spec in writer.order:
                 tp = plan.tensors[spec.name]
                 chunked = tp.merge and plan.method.elementwise and not tp.vocab
-                blocks = row_blocks(spec.shape, block_elems, tp.shared_rows) if chunked else [None]
-                for rows in blocks:
-                    value, ref = compute_block(plan, tp, rows, dev)
+                if streams_blocks(plan, tp, math.prod(spec.shape)) and not chunked:
+                    parts: Iterable[tuple[torch.Tensor, torch.Tensor | None, bool]] = (
+                        (value, ref, True) for value, ref in stream_blocks(plan, tp, dev)
+                    )
+                else:
+                    blocks = row_blocks(spec.shape, block_elems, tp.shared_rows) if chunked else [None]
+                    parts = ((*compute_block(plan, tp, rows, dev), rows is not None) for rows in blocks)
+                for value, ref, part in parts:
                     _check_finite(plan, tp, value)
                     stored = value.to(out_dtypes[spec.dtype])
+                    # written first: a shard this write closes is recorded with the survival of its own tensors
+                    writer.write(spec.name, stored, part=part)
                     if survival is not None and ref is not None and spec.dtype in LOW_PRECISION:
                         survival.add(value, stored, ref)
-                    writer.write(spec.name, stored, part=rows is not None)
                     del value, ref, stored
                 if progress is not None:
                     progress(spec.name, spec.nbytes)

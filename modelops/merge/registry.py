@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -102,6 +102,9 @@ class MergeMethod:
     title: str = ""  # how a model card names the method (default: its name)
     roles: tuple[str, str] = ("base", "model")  # what the recipe file calls the base and the other inputs
     small_update: bool = False  # the update is small next to the weights: measure how much survives rounding
+    # The value as float32 row blocks of its (rows, cols) view, in order, for a method that needs whole tensors'
+    # statistics but not the whole result at once: the executor writes each block as it comes.
+    blocks: Callable[[TensorJob], Iterator[torch.Tensor]] | None = None
 
     def description(self) -> MethodDescription:
         """The method as a model card presents it: the one place its words live."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -144,27 +145,45 @@ def kth_largest(blocks: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[t
     return value, greater
 
 
+@dataclass
+class MagnitudeCut:
+    """TIES' top-k as a rule for blocks of |δ| taken in index order: keep what is above `value`, and the first
+    `ties` entries equal to it. It holds two numbers where a mask holds a byte per entry, so a merge can apply
+    it while it rebuilds δ block by block. Stateful: one pass over the blocks, in order."""
+
+    value: torch.Tensor  # float32 scalar
+    ties: int
+
+    def keep(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        keep = magnitudes > self.value
+        if self.ties > 0:
+            at_cut = (magnitudes == self.value).reshape(-1).nonzero().flatten()[: self.ties]
+            keep.view(-1)[at_cut] = True
+            self.ties -= at_cut.numel()
+        return keep
+
+
+def magnitude_cut(magnitudes: Callable[[], Iterator[torch.Tensor]], n: int, density: float) -> MagnitudeCut | None:
+    """The cut that keeps the int(density·n) largest of n magnitudes seen in blocks (None: keep all), ties at the
+    cut kept in index order, found by the two-pass radix selection."""
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density must be in [0, 1], got {density}")
+    if density >= 1.0:
+        return None
+    k = int(density * n)
+    if k == 0:
+        return MagnitudeCut(torch.tensor(math.inf), 0)
+    cut, greater = kth_largest(magnitudes, k)
+    return MagnitudeCut(cut, k - greater)
+
+
 def magnitude_keep_blocks(
     magnitudes: Callable[[], Iterator[torch.Tensor]], shape: tuple[int, ...], density: float
 ) -> torch.Tensor | None:
     """`magnitude_keep` for a δ seen block by block (|δ| row blocks of a (rows, cols) view, in order; one block for
     a whole tensor): ties at the cut kept in index order, and no whole float32 copy of |δ| is made."""
-    if not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be in [0, 1], got {density}")
-    if density >= 1.0:
+    cut = magnitude_cut(magnitudes, math.prod(shape), density)
+    if cut is None:
         return None
-    n = math.prod(shape)
-    k = int(density * n)
-    if k == 0:
-        return torch.zeros(shape, dtype=torch.bool)
-    cut, greater = kth_largest(magnitudes, k)
-    ties_left = k - greater
-    parts = []
-    for blk in magnitudes():
-        keep = blk > cut
-        if ties_left > 0:
-            at_cut = (blk == cut).reshape(-1).nonzero().flatten()[:ties_left]
-            keep.view(-1)[at_cut] = True
-            ties_left -= at_cut.numel()
-        parts.append(keep)
-    return torch.cat(parts).view(shape)
+    parts = [cut.keep(blk) for blk in magnitudes()]
+    return torch.cat(parts).view(shape) if parts else torch.zeros(shape, dtype=torch.bool)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from modelops.merge.methods import sparsify
-from modelops.merge.methods.blocks import row_slices
+from modelops.merge.methods.blocks import as_rows, gather_rows, row_slices
 from modelops.merge.registry import DENSITY, INT8_MASK, LAMBDA, WEIGHT, Param, TensorJob, register
 
-Decision = tuple["torch.Tensor | None", "torch.Tensor | None"]  # (keep-mask or None for all, L1 scale or None)
+# (what to keep: a mask, a magnitude cut applied block by block, or None for all; L1 scale or None)
+Decision = tuple["torch.Tensor | sparsify.MagnitudeCut | None", "torch.Tensor | None"]
 Keeper = Callable[["TaskVector", int], Decision]  # decides what one model's task vector keeps
 
 
@@ -111,8 +112,7 @@ class TaskVector:
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(model, base) as (rows, cols) views: 0-D and 1-D tensors are one row."""
-        cols = self.base.shape[-1] if self.base.dim() > 1 else max(1, self.base.numel())
-        return self.model.reshape(-1, cols), self.base.reshape(-1, cols)
+        return as_rows(self.model), as_rows(self.base)
 
     def abs_blocks(self) -> Iterator[torch.Tensor]:
         model, base = self.rows()
@@ -121,16 +121,21 @@ class TaskVector:
 
 
 def _kept(
-    model: torch.Tensor, base: torch.Tensor, keep: torch.Tensor | None, scale: torch.Tensor | None
+    model: torch.Tensor,
+    base: torch.Tensor,
+    keep: torch.Tensor | sparsify.MagnitudeCut | None,
+    scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """(θ − θ_base)·keep·scale for one block, built in one fresh float32 buffer."""
     delta = model.to(torch.float32, copy=True).sub_(base)
+    if isinstance(keep, sparsify.MagnitudeCut):
+        keep = keep.keep(delta.abs())
     if keep is not None:
         delta.mul_(keep)
     return delta if scale is None else delta.mul_(scale)
 
 
-def merge_sparse_task_vectors(
+def sparse_task_vector_blocks(
     base: torch.Tensor,
     tensors: list[torch.Tensor],
     keeper: Keeper | None,
@@ -139,33 +144,32 @@ def merge_sparse_task_vectors(
     consensus: bool,
     normalize: bool,
     lambda_: float = 1.0,
-) -> torch.Tensor:
-    """`merge_task_vectors` over sparsified task vectors, in bounded memory.
+) -> Iterator[torch.Tensor]:
+    """`merge_task_vectors` over sparsified task vectors, in bounded memory, as float32 row blocks of the result's
+    (rows, cols) view, in order.
 
-    Each model's keep-mask (one byte per entry) and L1 scale are decided first, one model at a time; then the
-    task vectors are rebuilt and combined block of rows by block. No float32 copy of all M task vectors is ever
-    held. Every step is elementwise once the masks are known, so the result equals the whole-tensor computation.
+    What each model keeps (a magnitude cut, or a mask of one byte per entry, and an L1 scale) is decided first, one
+    model at a time; then the task vectors are rebuilt and combined block of rows by block. No float32 copy of all
+    M task vectors is ever held, and a caller that writes each block as it comes never holds the whole result.
+    Every step is elementwise once the keeps are known, so the result equals the whole-tensor computation.
     """
     vectors = [TaskVector(t, base) for t in tensors]
     decided = [keeper(tv, i) if keeper is not None else (None, None) for i, tv in enumerate(vectors)]
-    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
-    rows_out = out.view(vectors[0].rows()[1].shape) if vectors else out
     views = [tv.rows()[0] for tv in vectors]
-    base_rows = vectors[0].rows()[1] if vectors else base
-    masks = [None if m is None else m.reshape(base_rows.shape) for m, _ in decided]
+    base_rows = as_rows(base)
+    keeps = [m.reshape(base_rows.shape) if isinstance(m, torch.Tensor) else m for m, _ in decided]
     for sl in row_slices(base_rows.shape[0], base_rows.shape[1]):
         b = base_rows[sl].float()
         deltas = [
-            _kept(t[sl], b, None if m is None else m[sl], sc)
-            for t, m, (_, sc) in zip(views, masks, decided, strict=True)
+            _kept(t[sl], b, m[sl] if isinstance(m, torch.Tensor) else m, sc)
+            for t, m, (_, sc) in zip(views, keeps, decided, strict=True)
         ]
-        rows_out[sl] = merge_task_vectors(b, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
-    return out
+        yield merge_task_vectors(b, deltas, weights, consensus=consensus, normalize=normalize, lambda_=lambda_)
 
 
-def _gta(job: TensorJob, keeper: Keeper | None, consensus: bool) -> torch.Tensor:
+def _gta_blocks(job: TensorJob, keeper: Keeper | None, consensus: bool) -> Iterator[torch.Tensor]:
     assert job.base is not None
-    return merge_sparse_task_vectors(
+    return sparse_task_vector_blocks(
         job.base,
         job.tensors,
         keeper,
@@ -210,13 +214,15 @@ def _whole(job: TensorJob, rule: Callable[[torch.Tensor, int], torch.Tensor | No
 
 
 def _magnitude(job: TensorJob) -> Keeper:
-    """TIES' top-k, found by a streamed selection over |δ| blocks: no whole float32 task vector is made."""
+    """TIES' top-k, found by a streamed selection over |δ| blocks: no whole float32 task vector is made, and
+    without rescale no mask either (the cut is applied as the merge rebuilds each block)."""
 
     def keep(tv: TaskVector, i: int) -> Decision:
-        mask = sparsify.magnitude_keep_blocks(tv.abs_blocks, tuple(tv.rows()[1].shape), job.per_model["density"][i])
-        if not job.params["rescale"] or mask is None:
-            return mask, None
-        return mask, sparsify.l1_scale(tv.full(), mask)
+        shape, density = tuple(tv.rows()[1].shape), job.per_model["density"][i]
+        if not job.params["rescale"]:
+            return sparsify.magnitude_cut(tv.abs_blocks, tv.base.numel(), density), None
+        mask = sparsify.magnitude_keep_blocks(tv.abs_blocks, shape, density)
+        return mask, None if mask is None else sparsify.l1_scale(tv.full(), mask)
 
     return keep
 
@@ -261,8 +267,13 @@ VARIANTS = (
 )  # fmt: skip
 
 
+def _method_blocks(v: Variant) -> Callable[[TensorJob], Iterator[torch.Tensor]]:
+    return lambda job: _gta_blocks(job, v.sparsifier(job) if v.sparsifier else None, consensus=v.consensus)
+
+
 def _method(v: Variant) -> Callable[[TensorJob], torch.Tensor]:
-    return lambda job: _gta(job, v.sparsifier(job) if v.sparsifier else None, consensus=v.consensus)
+    blocks = _method_blocks(v)
+    return lambda job: gather_rows(blocks(job), job.base.shape, job.base.device)
 
 
 for _v in VARIANTS:
@@ -275,4 +286,5 @@ for _v in VARIANTS:
         summary=_v.summary,
         paper=_v.paper[0],
         paper_url=_v.paper[1],
+        blocks=_method_blocks(_v),
     )(_method(_v))
