@@ -18,6 +18,7 @@ DLF: time of its weight search per step vs one fused EFT step (on random logits,
 and a per-α loop (the straightforward implementation) for reference.
 --breakdown: where a step's time goes, from forward hooks on each model: each model's forward per token in its own
 loop and inside the fused EFT loop, and the time outside the forwards (argmax / fusion, cache and Python work).
+--only "modelops eft,modelops dlf": run just these approaches besides the floor; shorter rounds drift less.
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=5, help="rounds; each runs every approach once")
     ap.add_argument("--breakdown", action="store_true", help="also time each model's forwards, own loop vs fused")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated labels (e.g. 'modelops eft'): run only these besides the floor, so each "
+                    "round is shorter and drifts less")  # fmt: skip
     ap.add_argument("--shape", choices=("small", "real"), default="small",
                     help="small: 40M / 4M models; real: a 135M Llama's shape and two 6-layer cuts of it")  # fmt: skip
     args = ap.parse_args()
@@ -268,6 +272,9 @@ def main() -> None:
             "modelops eft --parallel-models": (fused_decode, (eft_par, rows, n)),
             "modelops dlf": (fused_decode, (dlf, rows, n)),
         }
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",")]
+            runs = {k: v for i, (k, v) in enumerate(runs.items()) if i < 3 or k in wanted}
         times: dict[str, list[float]] = {name: [] for name in runs}
         search: list[tuple[float, ...]] = []  # per round: in the DLF decode, random logits, per-α loop, eager passes
         for _ in range(args.repeats):
@@ -278,11 +285,13 @@ def main() -> None:
             batched, eager, loop, _ = dlf_cost(batch, args.vocab, reps=10)
             search.append((inside, batched, loop, eager))
         names = list(runs)
+        in_place = [k for k in names if k.endswith(", in-place cache")]
         times = {
             "floor: own loops, DynamicCache": [sum(t) for t in zip(*(times[k] for k in names[:3]), strict=True)],
-            "floor: own loops, in-place cache": [sum(t) for t in zip(*(times[k] for k in names[3:6]), strict=True)],
-            **{k: times[k] for k in names[6:]},
-        }
+            **({"floor: own loops, in-place cache": [sum(t) for t in zip(*(times[k] for k in in_place), strict=True)]}
+               if len(in_place) == 3 else {}),
+            **{k: times[k] for k in names[3:] if k not in in_place},
+        }  # fmt: skip
         floor = times["floor: own loops, DynamicCache"]
         print(f"batch {batch}: {'approach':<34} {'best s':>7}  ÷ floor")
         for name, ts in times.items():
@@ -293,6 +302,8 @@ def main() -> None:
             )
         if args.breakdown:
             breakdown(trio, eft, ids, n, args.repeats)
+        if "modelops eft" not in times or "modelops dlf" not in times:
+            continue
         steps = [t / n for t in times["modelops eft"]]  # that round's fused EFT step
         print(
             f"         DLF weight search ÷ that round's fused EFT step (median {statistics.median(steps) * 1e3:.1f} ms): "
