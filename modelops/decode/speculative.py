@@ -200,10 +200,12 @@ class SpeculativeBatch:
             tests = self._uniforms(self.live[:, None], emitted[:, None] + torch.arange(k), ACCEPT)
             n_acc = sampled_prefix(p, q, drafts_t, self.generator, tests)
         n_acc = torch.minimum(n_acc, cut_d)  # a row's drafts past its own length do not count
-        n_host = n_acc.cpu()  # one copy to the host a round: the keyed draws, the schedule and the outputs use it
-        all_accepted = n_acc == k
+        # one copy to the host for the accepted counts and the drafts: the keyed draws, the schedule, the bonus
+        # decision and the outputs all read them there
+        host = torch.cat([n_acc[:, None].to(drafts_t.dtype), drafts_t], dim=1).cpu()
+        n_host, drafts_host = host[:, 0], host[:, 1:]
         bonus = bonus_weights = None
-        if bool(all_accepted.any()):
+        if bool((n_host == k).any()):
             bonus, bonus_weights = self._targets(outs, [drafter.step(x)], slice(k, k + 1), b)
             bonus = bonus[:, 0]
         if self.sampling.greedy:
@@ -221,15 +223,15 @@ class SpeculativeBatch:
         self.stats.bonus_steps += int(bonus is not None)
         adapted = next_draft_len(self.row_k, n_host == cut, self.schedule)
         self.row_k = torch.where(cut > 0, adapted, self.row_k)  # a round with no room to draft teaches nothing
-        n_cpu, drafts_cpu, nxt_cpu = n_host.tolist(), drafts_t.tolist(), nxt.tolist()
+        n_cpu, drafts_cpu, nxt_cpu = n_host.tolist(), drafts_host.tolist(), nxt.tolist()
         done = []
         for j in range(b):
             tokens = [*drafts_cpu[j][: n_cpu[j]], nxt_cpu[j]]
             done.append(self._emit(j, tokens, None if weights is None else weights[j]))
-        back = (k - n_acc).to(torch.long)  # each row forgets its rejected drafts, the same on every runner…
+        back = (k - n_host).to(torch.long)  # each row forgets its rejected drafts, the same on every runner…
         for m, runner in enumerate(self.runners):
             fed_here = back if m != DRAFTER or bonus is not None else back - 1  # …but the expert skipped d_k
-            runner.rollback(fed_here.to(runner.device))
+            runner.rollback(fed_here)  # host counts: the runner checks for nothing to forget without a sync
         self.pending = nxt
         return self._drop(done)
 

@@ -192,14 +192,17 @@ class Runner:
         """
         assert self.mask is not None and self.next_pos is not None
         mask = self.mask
-        need = torch.as_tensor(n, dtype=mask.dtype, device=mask.device)
+        on_host = not isinstance(n, torch.Tensor) or n.device.type == "cpu"
+        if on_host and int(torch.as_tensor(n).max()) == 0:  # decided without a device sync
+            return
+        need = torch.as_tensor(n, dtype=mask.dtype).to(mask.device, non_blocking=True)  # a fresh copy: safe
         need = need.expand(mask.shape[0]) if need.dim() == 0 else need
-        if int(need.max()) == 0:
+        if not on_host and int(need.max()) == 0:
             return
         from_right = mask.flip(-1).cumsum(-1).flip(-1)  # (B, S) attended slots at or after each column
         mask = mask.masked_fill((mask == 1) & (from_right <= need[:, None]), 0)
-        attended = torch.nonzero(mask.any(dim=0))
-        last = int(attended.max()) + 1 if attended.numel() else 1
+        columns = torch.arange(mask.shape[1], device=mask.device)
+        last = int(torch.where(mask.any(dim=0), columns, 0).max()) + 1  # past the last attended column (1 if none)
         if last < mask.shape[1]:
             self.cache.crop(last - mask.shape[1])
             mask = mask[:, :last]
