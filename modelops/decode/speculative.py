@@ -151,6 +151,7 @@ class SpeculativeBatch:
         self.row_k = torch.cat([self.row_k, torch.full_like(new, self.draft_len)])
         self.pending = torch.cat([self.pending.to(first.device), first])
         first_cpu = first.tolist()
+        weights = None if weights is None else weights.cpu()
         done = [False] * n_old + [
             self._emit(n_old + j, [first_cpu[j]], None if weights is None else weights[j : j + 1])
             for j in range(len(rows))
@@ -224,6 +225,7 @@ class SpeculativeBatch:
         adapted = next_draft_len(self.row_k, n_host == cut, self.schedule)
         self.row_k = torch.where(cut > 0, adapted, self.row_k)  # a round with no room to draft teaches nothing
         n_cpu, drafts_cpu, nxt_cpu = n_host.tolist(), drafts_host.tolist(), nxt.tolist()
+        weights = None if weights is None else weights.cpu()  # DLF's α per position: one copy, not one per row
         done = []
         for j in range(b):
             tokens = [*drafts_cpu[j][: n_cpu[j]], nxt_cpu[j]]
