@@ -7,7 +7,7 @@ batch 1 and 8; speculative EFT (K = 4) equals plain EFT; scored log-probs equal 
 merge with the tensors on the GPU equals the CPU merge. Throughput (random from-config Llama models, no EOS, so every
 row decodes the same number of tokens): tokens/s of the large model alone, of the sum of the three models' own
 `generate` loops, of fused EFT and DLF, and of speculative EFT, at each batch and vocabulary; and the host syncs per
-fused step (`torch.cuda.set_sync_debug_mode`).
+fused step and per speculative token (`torch.cuda.set_sync_debug_mode`).
 """
 
 from __future__ import annotations
@@ -194,6 +194,7 @@ def throughput(args: argparse.Namespace, dtype: torch.dtype, shapes: dict) -> li
                 sync(args.device)
                 row[name] = tokens / (time.perf_counter() - start)
             row["syncs per fused step"] = syncs_per_step(decoders["fused EFT"], texts, args)
+            row["syncs per speculative token"] = syncs_per_step(decoders["speculative EFT K=4"], texts, args)
             out.append(row)
         del large, base, expert, decoders
         if args.device.startswith("cuda"):
@@ -202,7 +203,8 @@ def throughput(args: argparse.Namespace, dtype: torch.dtype, shapes: dict) -> li
 
 
 def syncs_per_step(decoder: Any, texts: list[str], args: argparse.Namespace) -> str:
-    """Host syncs per fused decoding step, counted by CUDA's sync debug mode (CPU: not applicable)."""
+    """Host syncs per generated position (a fused step, or a speculative round's share of one), counted by CUDA's
+    sync debug mode (CPU: not applicable)."""
     if not args.device.startswith("cuda"):
         return "n/a (CPU)"
     from modelops.api import SamplingConfig

@@ -28,4 +28,5 @@ def test_the_gpu_check_runs_on_cpu_in_its_dry_mode(tmp_path) -> None:
     assert [(r["vocab"], r["batch"]) for r in data["throughput"]] == [(1000, 1), (1000, 8), (2000, 1), (2000, 8)]
     names = ("sum of own loops", "large alone", "fused EFT", "fused DLF", "speculative EFT K=4")
     assert all(r[k] > 0 for r in data["throughput"] for k in names)
+    assert all(r["syncs per fused step"] == r["syncs per speculative token"] == "n/a (CPU)" for r in data["throughput"])
     assert "| check | result | ok |" in proc.stdout and "FAILED" not in proc.stdout

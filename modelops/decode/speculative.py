@@ -233,7 +233,7 @@ class SpeculativeBatch:
         back = (k - n_host).to(torch.long)  # each row forgets its rejected drafts, the same on every runner…
         for m, runner in enumerate(self.runners):
             fed_here = back if m != DRAFTER or bonus is not None else back - 1  # …but the expert skipped d_k
-            runner.rollback(fed_here)  # host counts: the runner checks for nothing to forget without a sync
+            runner.rollback(fed_here)  # host counts inside the fed window: no read back from the device
         self.pending = nxt
         return self._drop(done)
 

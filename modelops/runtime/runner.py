@@ -35,6 +35,7 @@ class Runner:
         self.mask: torch.Tensor | None = None  # (B, S) 1 = attend, 0 = padding or rolled-back slot
         self.next_pos: torch.Tensor | None = None  # (B,) position id of the next token per row
         self.dense = False  # no padding and no holes: the model may skip building a mask
+        self.full_tail = 0  # trailing columns every row attends (a lower bound the host keeps without a sync)
         self.room = (0, 0)  # (rows, slots) a new cache is allocated for: a decoder that knows its sizes sets it
 
     @property
@@ -76,7 +77,9 @@ class Runner:
         )  # the cache is filled in place
         self.mask = mask
         self.next_pos = mask.sum(-1)
-        self.dense = bool(mask.all())
+        tails = mask.flip(-1).cumprod(-1).sum(-1)  # each row's trailing attended columns
+        self.full_tail = int(tails.min()) if len(tails) else mask.shape[1]  # the one host read of a prefill
+        self.dense = self.full_tail == mask.shape[1]
         return out.logits.float()[:, -1]
 
     def tail_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
@@ -94,6 +97,7 @@ class Runner:
         """Forget every row (the next `admit` or `prefill` starts a new batch)."""
         self.cache = self.mask = self.next_pos = None
         self.dense = False
+        self.full_tail = 0
 
     @property
     def can_admit(self) -> bool:
@@ -110,7 +114,7 @@ class Runner:
             return self.prefill(input_ids, attention_mask)
         from modelops.runtime.kvcache import append_rows
 
-        cache, mask, next_pos = self.cache, self.mask, self.next_pos
+        cache, mask, next_pos, tail = self.cache, self.mask, self.next_pos, self.full_tail
         assert mask is not None and next_pos is not None
         logits = self.prefill(input_ids, attention_mask, room=(0, 0))  # the new rows alone, in a cache of their own
         new_mask, new_pos = self.mask, self.next_pos
@@ -120,7 +124,8 @@ class Runner:
         self.cache = cache
         self.mask = torch.cat([_left_pad_mask(mask, width), _left_pad_mask(new_mask, width)])
         self.next_pos = torch.cat([next_pos, new_pos])
-        self.dense = bool(self.mask.all())
+        self.full_tail = min(tail, self.full_tail)  # left padding to a common width keeps each row's tail
+        self.dense = self.full_tail == width
         return logits
 
     @torch.inference_mode()
@@ -140,6 +145,7 @@ class Runner:
             **{self.cache_kw: self.cache},
         )
         self.next_pos = self.next_pos + k
+        self.full_tail += k
         logits = out.logits.float()
         return logits[:, 0] if single else logits
 
@@ -152,6 +158,7 @@ class Runner:
 
         index = torch.argsort(mask, dim=-1, stable=True)  # unattended slots first, then attended ones in order
         reorder_slots(self.cache, index)
+        self.full_tail = 0  # unknown without a host read
         return mask.gather(1, index)
 
     def _embeddable(self, ids: torch.Tensor) -> torch.Tensor:
@@ -188,29 +195,52 @@ class Runner:
 
         Forgotten slots are masked out, slots no row attends any more are cropped from the cache, and each
         row's next position becomes its count of attended tokens, so the next token reuses the forgotten
-        position ids exactly as if they had never been fed.
+        position ids exactly as if they had never been fed. With host counts that stay inside the columns every
+        row attends (a speculative round's rejected drafts), it reads nothing back from the device.
         """
         assert self.mask is not None and self.next_pos is not None
         mask = self.mask
         on_host = not isinstance(n, torch.Tensor) or n.device.type == "cpu"
-        if on_host and int(torch.as_tensor(n).max()) == 0:  # decided without a device sync
+        counts = torch.as_tensor(n).expand(mask.shape[0]) if on_host else None
+        if counts is not None and int(counts.max()) == 0:  # decided without a device sync
             return
         need = torch.as_tensor(n, dtype=mask.dtype).to(mask.device, non_blocking=True)  # a fresh copy: safe
         need = need.expand(mask.shape[0]) if need.dim() == 0 else need
-        if not on_host and int(need.max()) == 0:
-            return
-        from_right = mask.flip(-1).cumsum(-1).flip(-1)  # (B, S) attended slots at or after each column
-        mask = mask.masked_fill((mask == 1) & (from_right <= need[:, None]), 0)
-        columns = torch.arange(mask.shape[1], device=mask.device)
-        last = int(torch.where(mask.any(dim=0), columns, 0).max()) + 1  # past the last attended column (1 if none)
-        if last < mask.shape[1]:
-            self.cache.crop(last - mask.shape[1])
+        if counts is not None and int(counts.max()) < self.full_tail:
+            fewest, most = int(counts.min()), int(counts.max())
+            mask, last = forget_within_tail(mask, need, fewest)
+            uniform = fewest == most
+            self.full_tail = self.full_tail - fewest if uniform else 0
+            dense = self.dense and uniform  # a row that forgot more ends in a hole
+            holes = not uniform
+        else:
+            if counts is None and int(need.max()) == 0:
+                return
+            from_right = mask.flip(-1).cumsum(-1).flip(-1)  # (B, S) attended slots at or after each column
+            mask = mask.masked_fill((mask == 1) & (from_right <= need[:, None]), 0)
+            columns = torch.arange(mask.shape[1], device=mask.device)
+            last = int(torch.where(mask.any(dim=0), columns, 0).max()) + 1  # past the last attended column (1 if none)
             mask = mask[:, :last]
-        if self.sliding and bool((mask[:, 1:] < mask[:, :-1]).any()):  # a hole after an attended slot
+            self.full_tail = 0
+            dense = bool(mask.all())
+            holes = self.sliding and bool((mask[:, 1:] < mask[:, :-1]).any())  # a hole after an attended slot
+        if last < self.mask.shape[1]:
+            self.cache.crop(last - self.mask.shape[1])
+        if self.sliding and holes:
             mask = self._right_align(mask)
         self.mask = mask
         self.next_pos = mask.sum(-1)
-        self.dense = bool(mask.all())
+        self.dense = dense
+
+
+def forget_within_tail(mask: torch.Tensor, need: torch.Tensor, fewest: int) -> tuple[torch.Tensor, int]:
+    """Mask out the last need[row] columns of each row and crop past the last attended column, when every row
+    attends more trailing columns than the largest need: the row that forgets `fewest` then ends exactly at
+    column S − fewest, so the crop is known on the host. Device ops only (no host read)."""
+    width = mask.shape[1]
+    columns = torch.arange(width, device=mask.device)
+    kept = mask.masked_fill(columns >= width - need[:, None], 0)
+    return kept[:, : width - fewest], width - fewest
 
 
 def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
