@@ -1,11 +1,12 @@
 """Where a TIES merge spends its time at a 7B tensor's shape: a cProfile of the method on one tensor, by stage.
 
-    OMP_NUM_THREADS=1 python benchmarks/profile_ties.py [--rows 11008 --cols 4096 --models 2]
+    OMP_NUM_THREADS=1 python benchmarks/profile_ties.py [--rows 11008 --cols 4096 --models 2] [--threads 1,2]
 
 Runs modelops' TIES (density 0.5, weight 1) on a bf16 base and `--models` fine-tunes of one (rows, cols) tensor
 (Llama-7B's MLP shape by default), in process, and prints ns per parameter for each stage: the exact top-k
 selection (histogram passes), the task vectors rebuilt for the merge with the cut applied, and the sign election
-and weighted sum. Stages are cProfile's cumulative times of the functions named in the table.
+and weighted sum. Stages are cProfile's cumulative times of the functions named in the table. `--threads` then
+times the whole merge (no profiler) at each torch thread count, in alternating rounds, with the ratio to the first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 import time
 
 import torch
@@ -34,6 +36,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=11008)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--models", type=int, default=2)
+    ap.add_argument("--threads", default="", help="comma-separated torch thread counts to time, e.g. 1,2")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     base = torch.randn(args.rows, args.cols, generator=g).to(torch.bfloat16)
@@ -64,6 +68,26 @@ def main() -> None:
     for (suffix, func), label in STAGES.items():
         cum = sum(v[3] for (file, _, name), v in stats.items() if file.endswith(suffix) and name == func)
         print(f"| {label} (`{func}`) | {cum / n * 1e9:.1f} | {cum / wall:.0%} |")
+    if args.threads:
+        print_thread_scaling(blocks, job, [int(t) for t in args.threads.split(",")], args.rounds, n)
+
+
+def print_thread_scaling(blocks, job: TensorJob, counts: list[int], rounds: int, n: int) -> None:
+    """ns/param of the whole merge at each thread count: the median of `rounds` alternating rounds."""
+    times: dict[int, list[float]] = {c: [] for c in counts}
+    for _ in range(rounds):
+        for c in counts:
+            torch.set_num_threads(c)
+            t0 = time.perf_counter()
+            for _ in blocks(job):
+                pass
+            times[c].append(time.perf_counter() - t0)
+    first = statistics.median(times[counts[0]])
+    print(f"\n| torch threads | ns per parameter (median of {rounds}) | time ÷ {counts[0]} thread(s) |")
+    print("|---|---|---|")
+    for c in counts:
+        med = statistics.median(times[c])
+        print(f"| {c} | {med / n * 1e9:.1f} | {med / first:.2f} |")
 
 
 if __name__ == "__main__":
