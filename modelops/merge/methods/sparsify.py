@@ -134,11 +134,13 @@ def kth_largest(blocks: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[t
     top = int(torch.searchsorted(above_bucket, k))  # first bucket (from the top) that reaches k
     bucket = (1 << 16) - 1 - top
     greater = int(above_bucket[top - 1]) if top > 0 else 0
-    low = torch.zeros(1 << 16, dtype=torch.int64)
+    # low 16 bits inside the bucket, as bins 1..65536 of one bincount: values below the bucket clamp to bin 0 and
+    # values above it to bin 65537 (three elementwise ops; selecting the bucket's entries first costs twice that)
+    low = torch.zeros((1 << 16) + 2, dtype=torch.int64)
     for blk in blocks():
-        bits = blk.reshape(-1).view(torch.int32)
-        low += torch.bincount((bits[(bits >> 16) == bucket] & 0xFFFF).cpu(), minlength=1 << 16)
-    above_low = low.flip(0).cumsum(0)
+        offset = (blk.reshape(-1).view(torch.int32) - (bucket << 16)).clamp_(-1, 1 << 16).add_(1)
+        low += torch.bincount(offset.cpu(), minlength=(1 << 16) + 2)
+    above_low = low[1:-1].flip(0).cumsum(0)
     pos = int(torch.searchsorted(above_low, k - greater))
     greater += int(above_low[pos - 1]) if pos > 0 else 0
     value = torch.tensor([(bucket << 16) | ((1 << 16) - 1 - pos)], dtype=torch.int32).view(torch.float32)[0]
@@ -157,9 +159,15 @@ class MagnitudeCut:
     def keep(self, magnitudes: torch.Tensor) -> torch.Tensor:
         keep = magnitudes > self.value
         if self.ties > 0:
-            at_cut = (magnitudes == self.value).reshape(-1).nonzero().flatten()[: self.ties]
-            keep.view(-1)[at_cut] = True
-            self.ties -= at_cut.numel()
+            at_cut = magnitudes == self.value
+            count = int(at_cut.sum())
+            if count <= self.ties:  # every tie here is kept: no index list (bf16 deltas tie by the million)
+                keep |= at_cut
+                self.ties -= count
+            else:
+                first = at_cut.reshape(-1).nonzero().flatten()[: self.ties]
+                keep.view(-1)[first] = True
+                self.ties = 0
         return keep
 
 

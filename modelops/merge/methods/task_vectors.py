@@ -48,20 +48,24 @@ def merge_task_vectors(
     """
     if len(deltas) != len(weights):
         raise ValueError(f"weight has {len(weights)} values for {len(deltas)} models")
-    merged = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
-    for d, w in zip(deltas, weights, strict=True):
+    if not deltas:
+        return base.to(torch.float32, copy=True)
+    merged = deltas[0].to(torch.float32).mul(weights[0])
+    for d, w in zip(deltas[1:], weights[1:], strict=True):
         merged.add_(d, alpha=w)
     if consensus:
         elected = torch.where(merged >= 0, 1.0, -1.0)  # the elected sign: + on an exact tie
         merged.zero_()
         divisor = torch.zeros_like(merged)
+        aligned = torch.empty_like(merged)
         for d, w in zip(deltas, weights, strict=True):
-            wd = d * w
-            agree = wd * elected > 0  # same sign as elected (zeros never agree)
-            merged.add_(wd.mul_(agree))
-            divisor.add_(agree, alpha=w)
-            del wd, agree
-        divisor[divisor == 0] = 1
+            torch.mul(d, elected, out=aligned)  # w·δ·sign: > 0 exactly where w·δ agrees (zeros never do)
+            if w != 1:
+                aligned.mul_(w)
+            divisor.add_(aligned > 0, alpha=w)
+            merged.add_(aligned.clamp_(min=0))  # |w·δ| where it agrees: the same sums, up to the sign, bit for bit
+        merged.mul_(elected)
+        divisor.masked_fill_(divisor == 0, 1)
     else:
         total = float(sum(weights))
         divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total)
