@@ -201,20 +201,21 @@ class Runner:
         assert self.mask is not None and self.next_pos is not None
         mask = self.mask
         on_host = not isinstance(n, torch.Tensor) or n.device.type == "cpu"
-        counts = torch.as_tensor(n).expand(mask.shape[0]) if on_host else None
-        if counts is not None and int(counts.max()) == 0:  # decided without a device sync
-            return
+        if on_host:  # the counts' range decides the cases below without a device sync
+            counts = torch.as_tensor(n)
+            fewest, most = int(counts.min()), int(counts.max())
+            if most == 0:
+                return
         need = torch.as_tensor(n, dtype=mask.dtype).to(mask.device, non_blocking=True)  # a fresh copy: safe
         need = need.expand(mask.shape[0]) if need.dim() == 0 else need
-        if counts is not None and int(counts.max()) < self.full_tail:
-            fewest, most = int(counts.min()), int(counts.max())
+        if on_host and most < self.full_tail:
             mask, last = forget_within_tail(mask, need, fewest)
             uniform = fewest == most
             self.full_tail = self.full_tail - fewest if uniform else 0
             dense = self.dense and uniform  # a row that forgot more ends in a hole
             holes = not uniform
         else:
-            if counts is None and int(need.max()) == 0:
+            if not on_host and int(need.max()) == 0:
                 return
             from_right = mask.flip(-1).cumsum(-1).flip(-1)  # (B, S) attended slots at or after each column
             mask = mask.masked_fill((mask == 1) & (from_right <= need[:, None]), 0)
